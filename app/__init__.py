@@ -1,0 +1,49 @@
+"""Sluice: a Flask gateway in front of GPU inference servers (vLLM, Ollama)."""
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping
+
+from flask import Flask, request
+from flask_smorest import Api
+
+from app import config, errors
+from app.errors import UnsupportedMediaType
+
+API_SPEC = {
+    "API_TITLE": "Sluice",
+    "API_VERSION": "v1",
+    "OPENAPI_VERSION": "3.0.3",
+    "OPENAPI_URL_PREFIX": "/",
+    "OPENAPI_JSON_PATH": "openapi.json",
+}
+_BODY_METHODS = frozenset(("POST", "PUT", "PATCH"))
+
+
+def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
+    """Build the gateway: settings (defaults, then SLUICE_* environment, then overrides), then blueprints."""
+    app = Flask(__name__)
+    settings = config.load(overrides)
+    app.config.update(settings)
+    app.config.update(API_SPEC)
+    app.config["MAX_CONTENT_LENGTH"] = settings["MAX_BODY_BYTES"]
+    logging.getLogger("app").setLevel(settings["LOG_LEVEL"].upper())
+
+    from app import request_id, upstream
+    from app.api import generate, health
+
+    request_id.init_app(app)
+    upstream.init_app(app)
+    app.before_request(_require_json_body)
+
+    api = Api(app)
+    api.register_blueprint(health.blp)
+    api.register_blueprint(generate.blp)
+    errors.register(app)  # after Api(): replaces flask-smorest's own error handler
+    return app
+
+
+def _require_json_body() -> None:
+    """415 for a body that is not JSON, before validation would call it a missing field."""
+    if request.method in _BODY_METHODS and not request.is_json:
+        raise UnsupportedMediaType("Content-Type must be application/json.")

@@ -1,0 +1,116 @@
+"""The native generation API: /v1/generate (blocking) and /v1/generate/stream (SSE).
+
+Both translate to the upstream's /v1/completions; the view functions read as the request's
+path: validate (by the decorator), open the upstream, relay or translate.
+"""
+from __future__ import annotations
+
+import json
+from contextlib import closing
+from typing import Any
+
+from flask import request
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from app.disconnect import cancel_on_disconnect
+from app.errors import UpstreamBadResponse
+from app.request_id import current_request_id
+from app.schemas import ApiErrorSchema, GenerateRequestSchema, GenerateResponseSchema
+from app.streaming import relay_response, sse_event
+from app.upstream import errors as upstream_errors
+from app.upstream import get_upstream
+from app.upstream.models import resolve_model
+
+blp = Blueprint("generate", __name__, url_prefix="/v1", description="Native text generation API.")
+
+_STREAM_DOC = {
+    "description": "Server-Sent Events: `data: {\"id\", \"text\", \"finish_reason\"}` per piece of "
+                   "text, a last event that also carries `usage`, then `data: [DONE]`. An error after "
+                   "the stream began comes as `data: {\"error\": {...}}` followed by `data: [DONE]`.",
+    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+}
+_PASSED_THROUGH = ("max_tokens", "temperature", "top_p", "stop", "seed")
+
+
+def completion_request(body: dict[str, Any], model: str, *, stream: bool) -> dict[str, Any]:
+    """The upstream /v1/completions request for a validated native request."""
+    payload = {"model": model, "prompt": body["prompt"], "stream": stream}
+    payload.update((key, body[key]) for key in _PASSED_THROUGH if key in body)
+    if stream:
+        payload["stream_options"] = {"include_usage": True}
+    return payload
+
+
+def native_response(completion: Any, replica: str) -> dict[str, Any]:
+    """The native response for an upstream completion; 502 when it is not one."""
+    try:
+        choice = completion["choices"][0]
+        return {"id": completion["id"], "model": completion["model"], "text": choice["text"],
+                "finish_reason": choice.get("finish_reason"), "usage": completion["usage"]}
+    except (KeyError, IndexError, TypeError):
+        raise UpstreamBadResponse(f"upstream {replica} sent a completion without id, text or usage",
+                                  code="upstream_bad_body") from None
+
+
+class NativeStreamTranslator:
+    """Turns upstream completion chunks into native events; remembers the finish reason for the last."""
+
+    def __init__(self, replica: str) -> None:
+        self.replica = replica
+        self.finish_reason: str | None = None
+
+    def __call__(self, data: bytes) -> bytes | None:
+        try:
+            chunk = json.loads(data)
+            if "error" in chunk:
+                raise upstream_errors.from_event(chunk)
+            event: dict[str, Any] = {"id": chunk["id"]}
+            if chunk["choices"]:
+                choice = chunk["choices"][0]
+                self.finish_reason = choice.get("finish_reason") or self.finish_reason
+                event.update(text=choice["text"], finish_reason=choice.get("finish_reason"))
+            if chunk.get("usage"):
+                # The usage-only chunk vLLM sends last (include_usage): it closes the stream.
+                event.update(text="", finish_reason=self.finish_reason, usage=chunk["usage"])
+            elif not chunk["choices"]:
+                return None
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise UpstreamBadResponse(f"upstream {self.replica} sent an event that is not a completion chunk",
+                                      code="upstream_bad_event") from None
+        return sse_event(json.dumps(event).encode())
+
+
+@blp.route("/generate")
+class Generate(MethodView):
+    """Blocking generation."""
+
+    @blp.arguments(GenerateRequestSchema)
+    @blp.response(200, GenerateResponseSchema)
+    @blp.alt_response(422, schema=ApiErrorSchema, description="Validation failed")
+    def post(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Generate text and return it whole."""
+        upstream = get_upstream()
+        payload = completion_request(body, resolve_model(body.get("model"), upstream), stream=False)
+        with cancel_on_disconnect(request.environ):
+            with closing(upstream.open("/v1/completions", payload, request_id=current_request_id(),
+                                       stream=False)) as response:
+                completion = upstream.read_json(response)
+        return native_response(completion, upstream.base_url)
+
+
+@blp.route("/generate/stream")
+class GenerateStream(MethodView):
+    """Streaming generation."""
+
+    @blp.arguments(GenerateRequestSchema)
+    @blp.doc(responses={"200": _STREAM_DOC})
+    @blp.alt_response(422, schema=ApiErrorSchema, description="Validation failed")
+    def post(self, body: dict[str, Any]):
+        """Generate text and stream it as Server-Sent Events as the model produces it."""
+        upstream = get_upstream()
+        payload = completion_request(body, resolve_model(body.get("model"), upstream), stream=True)
+        with cancel_on_disconnect(request.environ):
+            response = upstream.open("/v1/completions", payload, request_id=current_request_id(), stream=True)
+        return relay_response(response, request.environ, NativeStreamTranslator(upstream.base_url),
+                              upstream.base_url)

@@ -1,0 +1,102 @@
+"""The HTTP client to one OpenAI-compatible model server (vLLM first).
+
+One pooled requests Session per worker process, created lazily in the worker (after the
+fork: a pool inherited from the master would share sockets between processes), sized to
+the worker's connection limit so that no connection is discarded under load.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from app.errors import UpstreamBadResponse
+from app.upstream import errors
+
+JSON_TYPE = "application/json"
+SSE_TYPE = "text/event-stream"
+
+
+class UpstreamClient:
+    """Sends OpenAI-compatible requests to one upstream and maps its failures to ApiErrors."""
+
+    def __init__(self, base_url: str, *, connect_timeout: float, read_timeout: float,
+                 health_timeout: float, pool_size: int, api_key: str = "") -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = (connect_timeout, read_timeout)
+        self.health_timeout = (connect_timeout, health_timeout)
+        self.pool_size = pool_size
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._session: requests.Session | None = None
+        self._session_pid = 0
+
+    @property
+    def session(self) -> requests.Session:
+        """This process's pooled session (a new one after a fork)."""
+        if self._session is None or self._session_pid != os.getpid():
+            session = requests.Session()
+            adapter = HTTPAdapter(pool_connections=1, pool_maxsize=self.pool_size, max_retries=0)
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+            session.headers.update(self._headers)
+            self._session, self._session_pid = session, os.getpid()
+        return self._session
+
+    def open(self, path: str, payload: dict[str, Any], *, request_id: str | None,
+             stream: bool) -> requests.Response:
+        """POST JSON; return the open response once its headers say success. The caller closes it.
+
+        Closing an unfinished response drops its connection: vLLM sees its client gone and
+        aborts the generation, so no GPU time is spent on nobody.
+        """
+        headers = {"X-Request-ID": request_id} if request_id else None
+        try:
+            response = self.session.post(self.base_url + path, json=payload, headers=headers,
+                                         timeout=self.timeout, stream=True)
+        except requests.RequestException as exc:
+            raise errors.from_exception(exc, self.base_url) from None
+        try:
+            self._check(response, SSE_TYPE if stream else JSON_TYPE)
+        except BaseException:
+            response.close()
+            raise
+        return response
+
+    def get_json(self, path: str) -> Any:
+        """GET a small JSON document (model list)."""
+        try:
+            with self.session.get(self.base_url + path, timeout=self.health_timeout) as response:
+                self._check(response, JSON_TYPE)
+                return self.read_json(response)
+        except requests.RequestException as exc:
+            raise errors.from_exception(exc, self.base_url) from None
+
+    def check_health(self) -> None:
+        """Raise the matching ApiError unless the upstream's /health answers 200."""
+        try:
+            with self.session.get(self.base_url + "/health", timeout=self.health_timeout) as response:
+                if response.status_code != 200:
+                    raise errors.from_status(response.status_code, response.content, self.base_url)
+        except requests.RequestException as exc:
+            raise errors.from_exception(exc, self.base_url) from None
+
+    def read_json(self, response: requests.Response) -> Any:
+        """The whole body of a JSON response, with transport faults mapped."""
+        try:
+            return response.json()
+        except requests.exceptions.JSONDecodeError:
+            raise UpstreamBadResponse(f"upstream {self.base_url} sent a body that is not JSON",
+                                      code="upstream_bad_body") from None
+        except requests.RequestException as exc:
+            raise errors.from_exception(exc, self.base_url) from None
+
+    def _check(self, response: requests.Response, expected_type: str) -> None:
+        if response.status_code >= 400:
+            raise errors.from_status(response.status_code, response.content, self.base_url)
+        content_type = response.headers.get("Content-Type", "")
+        if not content_type.startswith(expected_type):
+            raise UpstreamBadResponse(
+                f"upstream {self.base_url} answered {content_type or 'no content type'}, not {expected_type}:"
+                " is SLUICE_UPSTREAM_URL an OpenAI-compatible server?", code="upstream_not_api")

@@ -1,0 +1,51 @@
+"""An incremental Server-Sent Events parser: bytes in, complete `data` payloads out.
+
+Upstream chunks may split an event, a line, or a `\r\n` pair anywhere; the parser keeps
+the unfinished tail and yields an event only once its blank line has arrived.
+"""
+from __future__ import annotations
+
+
+class SSEParser:
+    """Feed it raw bytes as they arrive; it returns the data of each event completed so far."""
+
+    def __init__(self) -> None:
+        self._pending = b""
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """Parse one more piece of the stream; return the data payloads of finished events."""
+        buffer = self._pending + chunk
+        if b"\r" in buffer:
+            buffer = self._normalise_line_ends(buffer)
+        *complete, self._pending = buffer.split(b"\n\n")
+        events = []
+        for block in complete:
+            data = self._event_data(block)
+            if data is not None:
+                events.append(data)
+        return events
+
+    @property
+    def has_pending(self) -> bool:
+        """True when bytes of an unfinished event are buffered."""
+        return bool(self._pending.strip())
+
+    @staticmethod
+    def _normalise_line_ends(buffer: bytes) -> bytes:
+        # A trailing \r may be the first half of a \r\n split across chunks: keep it raw.
+        held = b"\r" if buffer.endswith(b"\r") else b""
+        if held:
+            buffer = buffer[:-1]
+        return buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n") + held
+
+    @staticmethod
+    def _event_data(block: bytes) -> bytes | None:
+        """The joined `data:` lines of one event; None for events without data (comments)."""
+        if block.startswith(b"data: ") and b"\n" not in block:
+            return block[6:]  # the common case, one data line: no splitting needed
+        lines = []
+        for line in block.split(b"\n"):
+            if line.startswith(b"data:"):
+                value = line[5:]
+                lines.append(value[1:] if value.startswith(b" ") else value)
+        return b"\n".join(lines) if lines else None

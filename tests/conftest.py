@@ -1,0 +1,30 @@
+"""Fixtures shared by every test: a configured app and its test client (Flask's tutorial shape)."""
+from __future__ import annotations
+
+import pytest
+
+from app import create_app
+
+UPSTREAM = "http://upstream.test:8000"
+
+
+@pytest.fixture
+def make_app():
+    """Build an app with settings overridden for one test."""
+
+    def build(**overrides):
+        settings = {"UPSTREAM_URL": UPSTREAM, "MODEL": "sim-model"}
+        settings.update(overrides)
+        return create_app(settings)
+
+    return build
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()

@@ -1,0 +1,137 @@
+"""The SSE relay: translation of upstream chunks, splits anywhere, and failures after the first byte."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import requests
+import responses
+
+from app.api.generate import NativeStreamTranslator
+from app.streaming import relay
+from tests.conftest import UPSTREAM
+
+COMPLETIONS = f"{UPSTREAM}/v1/completions"
+
+
+def chunk(text: str, finish: str | None = None) -> bytes:
+    body = {"id": "cmpl-7", "object": "text_completion", "created": 1, "model": "sim-model",
+            "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]}
+    return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+
+USAGE = (b'data: {"id": "cmpl-7", "object": "text_completion", "created": 1, "model": "sim-model", '
+         b'"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}}\n\n')
+UPSTREAM_STREAM = chunk(" The") + chunk(" sky") + chunk(" is", "length") + USAGE + b"data: [DONE]\n\n"
+
+
+def events(body: bytes) -> list:
+    """The data payloads of a client-side SSE body, JSON-decoded except [DONE]."""
+    out = []
+    for block in body.decode().split("\n\n"):
+        if block.startswith("data: "):
+            data = block[6:]
+            out.append(data if data == "[DONE]" else json.loads(data))
+    return out
+
+
+def stream(client, upstream_body: bytes, **post_kwargs):
+    responses.post(COMPLETIONS, body=upstream_body, content_type="text/event-stream", **post_kwargs)
+    reply = client.post("/v1/generate/stream", json={"prompt": "the sky", "max_tokens": 3})
+    assert reply.status_code == 200
+    return reply
+
+
+@responses.activate
+def test_native_events_usage_then_done(client):
+    reply = stream(client, UPSTREAM_STREAM)
+    assert reply.mimetype == "text/event-stream"
+    assert reply.headers["Cache-Control"] == "no-cache"
+    assert reply.headers["X-Accel-Buffering"] == "no"
+    got = events(reply.data)
+    assert got[:3] == [{"id": "cmpl-7", "text": " The", "finish_reason": None},
+                       {"id": "cmpl-7", "text": " sky", "finish_reason": None},
+                       {"id": "cmpl-7", "text": " is", "finish_reason": "length"}]
+    assert got[3]["usage"] == {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}
+    assert got[3]["finish_reason"] == "length"
+    assert got[4] == "[DONE]"
+    sent = json.loads(responses.calls[0].request.body)
+    assert sent["stream"] is True and sent["stream_options"] == {"include_usage": True}
+
+
+@responses.activate
+def test_request_id_is_forwarded_and_echoed(client):
+    responses.post(COMPLETIONS, body=UPSTREAM_STREAM, content_type="text/event-stream")
+    reply = client.post("/v1/generate/stream", json={"prompt": "x"}, headers={"X-Request-ID": "abc-123"})
+    assert reply.headers["X-Request-ID"] == "abc-123"
+    assert responses.calls[0].request.headers["X-Request-ID"] == "abc-123"
+
+
+@pytest.mark.parametrize("bad_id", ["has space", "a;Set-Cookie=x", "x" * 200, "ü"])
+def test_malformed_request_ids_are_replaced(client, bad_id):
+    reply = client.get("/healthz", headers={"X-Request-ID": bad_id.encode("utf-8").decode("latin-1")})
+    assert reply.headers["X-Request-ID"] != bad_id and len(reply.headers["X-Request-ID"]) == 32
+
+
+class PiecewiseResponse:
+    """A stand-in upstream response whose body arrives in the given pieces."""
+
+    def __init__(self, pieces: list[bytes], then: Exception | None = None) -> None:
+        self.pieces, self.then, self.closed = pieces, then, False
+
+    def iter_content(self, chunk_size=None):
+        yield from self.pieces
+        if self.then:
+            raise self.then
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def relay_all(response: PiecewiseResponse) -> list:
+    body = b"".join(relay(response, {}, NativeStreamTranslator("up"), "up"))
+    assert response.closed, "the upstream response must be closed when the relay ends"
+    return events(body)
+
+
+EXPECTED = relay_all(PiecewiseResponse([UPSTREAM_STREAM]))
+
+
+@pytest.mark.parametrize("cut", range(1, len(UPSTREAM_STREAM), 7))
+def test_split_anywhere_relays_the_same_events(cut):
+    assert relay_all(PiecewiseResponse([UPSTREAM_STREAM[:cut], UPSTREAM_STREAM[cut:]])) == EXPECTED
+
+
+def test_byte_by_byte_relays_the_same_events():
+    assert relay_all(PiecewiseResponse([bytes([b]) for b in UPSTREAM_STREAM])) == EXPECTED
+
+
+def assert_ends_with_error(got: list, code: str) -> None:
+    assert got[-1] == "[DONE]"
+    assert got[-2]["error"]["code"] == code
+
+
+def test_in_band_upstream_error_event():
+    error = b'data: {"error": {"message": "engine died", "type": "InternalServerError", "code": 500}}\n\n'
+    got = relay_all(PiecewiseResponse([chunk(" a"), error, b"data: [DONE]\n\n"]))
+    assert got[0]["text"] == " a"
+    assert_ends_with_error(got, "upstream_stream_error")
+    assert "engine died" in got[-2]["error"]["message"]
+
+
+def test_upstream_closing_mid_stream_ends_with_error_event():
+    assert_ends_with_error(relay_all(PiecewiseResponse([chunk(" a"), chunk(" b")[:20]])), "upstream_truncated")
+
+
+def test_connection_reset_mid_stream_ends_with_error_event():
+    got = relay_all(PiecewiseResponse([chunk(" a")], then=requests.ConnectionError("reset by peer")))
+    assert_ends_with_error(got, "upstream_connection_error")
+
+
+def test_read_timeout_mid_stream_is_an_upstream_timeout_event():
+    got = relay_all(PiecewiseResponse([chunk(" a")], then=requests.ConnectionError("Read timed out.")))
+    assert_ends_with_error(got, "upstream_timeout")
+
+
+def test_invalid_json_chunk_ends_with_error_event():
+    assert_ends_with_error(relay_all(PiecewiseResponse([chunk(" a"), b"data: {not json\n\n"])), "upstream_bad_event")
