@@ -1,0 +1,95 @@
+"""Start the real processes tests need (gunicorn, the simulator), wait for them, stop them."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(ready: Callable[[], bool], timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
+    """Poll `ready` until it is true; fail early if `proc` dies."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {proc.returncode} before it was ready")
+        try:
+            if ready():
+                return
+        except (requests.RequestException, OSError):
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} not ready after {timeout} s")
+
+
+class Service:
+    """A child process in its own process group, stopped with everything it started."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str] | None = None,
+                 log: Path | None = None) -> None:
+        self.name = name
+        self.log_path = log
+        out = open(log, "wb") if log else subprocess.DEVNULL
+        self.proc = subprocess.Popen(args, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=out,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
+        """Signal the process group, then kill what is left after `timeout`."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The end of the service's log, for failure messages."""
+        if not self.log_path or not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+class Simulator(Service):
+    """bench/simulator.py as a process: a fast vLLM-shaped upstream with fault injection."""
+
+    def __init__(self, *args: str, log: Path | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__("simulator", [sys.executable, "-m", "bench.simulator", "--host", "127.0.0.1",
+                                       "--port", str(self.port), *args], log=log)
+        wait_until(lambda: requests.get(self.url + "/health", timeout=1).ok, 15, "simulator", self.proc)
+
+    def stats(self) -> dict:
+        """The simulator's live counters (running, waiting, cancelled, ...)."""
+        return requests.get(self.url + "/sim/stats", timeout=5).json()
+
+    def reset(self) -> None:
+        requests.post(self.url + "/sim/reset", timeout=5)
+
+
+class Gateway(Service):
+    """Sluice under real gunicorn with gevent workers, as deployed: `gunicorn -c gunicorn.conf.py`."""
+
+    def __init__(self, settings: dict[str, str], log: Path | None = None, timeout: float = 30) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {"SLUICE_BIND": f"127.0.0.1:{self.port}", "SLUICE_WORKERS": "1", **settings}
+        super().__init__("gateway", [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py"], env=env, log=log)
+        wait_until(lambda: requests.get(self.url + "/healthz", timeout=1).ok, timeout, "gateway", self.proc)
