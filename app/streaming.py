@@ -5,6 +5,7 @@ a stream never just stops. A client that leaves ends the relay and closes the up
 """
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any, Callable, Iterator
 
@@ -13,6 +14,7 @@ from flask import Response
 
 from app.disconnect import ClientDisconnected, cancel_on_disconnect
 from app.errors import ApiError, UpstreamBadResponse
+from app.exchange import CLIENT_CANCELLED, COMPLETED, UPSTREAM_ERROR, Exchange
 from app.upstream import errors as upstream_errors
 from app.upstream.sse import SSEParser
 
@@ -20,41 +22,54 @@ log = logging.getLogger(__name__)
 
 DONE = b"data: [DONE]\n\n"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+CLIENT_CLOSED_STATUS = 499  # nginx's code for "client closed the request"
 
 # Turns one upstream event's data into bytes for the client (None: send nothing).
 EventTransform = Callable[[bytes], "bytes | None"]
 
 
+def sse_event(payload: bytes) -> bytes:
+    """Frame a JSON payload as one SSE event."""
+    return b"data: " + payload + b"\n\n"
+
+
 def relay_response(upstream: requests.Response, environ: dict[str, Any], transform: EventTransform,
-                   replica: str) -> Response:
+                   exchange: Exchange) -> Response:
     """A text/event-stream response relaying `upstream`, which the caller has opened.
 
     Opening happens before this, in the view, so that failures before the first byte are
     ordinary HTTP errors; from here on they are error events. gunicorn sends each yielded
     piece at once.
     """
-    response = Response(relay(upstream, environ, transform, replica), mimetype="text/event-stream",
+    response = Response(relay(upstream, environ, transform, exchange), mimetype="text/event-stream",
                         headers=SSE_HEADERS)
     # A generator that never started ignores close(): close the upstream here too.
     response.call_on_close(upstream.close)
+    response.call_on_close(lambda: exchange.finish(CLIENT_CANCELLED, CLIENT_CLOSED_STATUS))
     return response
 
 
 def relay(response: requests.Response, environ: dict[str, Any], transform: EventTransform,
-          replica: str) -> Iterator[bytes]:
+          exchange: Exchange) -> Iterator[bytes]:
     """Yield the client's SSE bytes for each upstream event; the upstream is closed when done."""
     try:
         with cancel_on_disconnect(environ):
-            yield from _events(response, transform, replica)
+            yield from _events(response, transform, exchange)
+        exchange.finish(COMPLETED)
     except ApiError as exc:
+        exchange.finish(UPSTREAM_ERROR, exc.status, exc.code)
         yield exc.sse_event()
     except ClientDisconnected:
-        log.info("client disconnected mid-stream; upstream request cancelled")
+        exchange.finish(CLIENT_CANCELLED, CLIENT_CLOSED_STATUS)
+    except GeneratorExit:  # gunicorn stopped iterating: a write to the client failed
+        exchange.finish(CLIENT_CANCELLED, CLIENT_CLOSED_STATUS)
+        raise
     finally:
         response.close()
 
 
-def _events(response: requests.Response, transform: EventTransform, replica: str) -> Iterator[bytes]:
+def _events(response: requests.Response, transform: EventTransform, exchange: Exchange) -> Iterator[bytes]:
+    replica = exchange.replica or "upstream"
     parser = SSEParser()
     try:
         # chunk_size=None: each HTTP chunk as soon as it arrives, no read-ahead buffering.
@@ -63,6 +78,8 @@ def _events(response: requests.Response, transform: EventTransform, replica: str
                 if data == b"[DONE]":
                     yield DONE
                     return
+                if exchange.saw_event(data):
+                    exchange.record_usage(_usage_of(data))
                 out = transform(data)
                 if out:
                     yield out
@@ -71,6 +88,8 @@ def _events(response: requests.Response, transform: EventTransform, replica: str
     raise UpstreamBadResponse(f"upstream {replica} ended the stream without [DONE]", code="upstream_truncated")
 
 
-def sse_event(payload: bytes) -> bytes:
-    """Frame a JSON payload as one SSE event."""
-    return b"data: " + payload + b"\n\n"
+def _usage_of(data: bytes) -> Any:
+    try:
+        return json.loads(data).get("usage")
+    except (ValueError, AttributeError):
+        return None  # the transform reports the malformed event

@@ -6,18 +6,15 @@ path: validate (by the decorator), open the upstream, relay or translate.
 from __future__ import annotations
 
 import json
-from contextlib import closing
 from typing import Any
 
-from flask import request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from app.disconnect import cancel_on_disconnect
+from app import gateway
 from app.errors import UpstreamBadResponse
-from app.request_id import current_request_id
 from app.schemas import ApiErrorSchema, GenerateRequestSchema, GenerateResponseSchema
-from app.streaming import relay_response, sse_event
+from app.streaming import sse_event
 from app.upstream import errors as upstream_errors
 from app.upstream import get_upstream
 from app.upstream.models import resolve_model
@@ -42,22 +39,21 @@ def completion_request(body: dict[str, Any], model: str, *, stream: bool) -> dic
     return payload
 
 
-def native_response(completion: Any, replica: str) -> dict[str, Any]:
+def native_response(completion: Any) -> dict[str, Any]:
     """The native response for an upstream completion; 502 when it is not one."""
     try:
         choice = completion["choices"][0]
         return {"id": completion["id"], "model": completion["model"], "text": choice["text"],
                 "finish_reason": choice.get("finish_reason"), "usage": completion["usage"]}
     except (KeyError, IndexError, TypeError):
-        raise UpstreamBadResponse(f"upstream {replica} sent a completion without id, text or usage",
+        raise UpstreamBadResponse("upstream sent a completion without id, text or usage",
                                   code="upstream_bad_body") from None
 
 
 class NativeStreamTranslator:
     """Turns upstream completion chunks into native events; remembers the finish reason for the last."""
 
-    def __init__(self, replica: str) -> None:
-        self.replica = replica
+    def __init__(self) -> None:
         self.finish_reason: str | None = None
 
     def __call__(self, data: bytes) -> bytes | None:
@@ -76,7 +72,7 @@ class NativeStreamTranslator:
             elif not chunk["choices"]:
                 return None
         except (ValueError, KeyError, IndexError, TypeError):
-            raise UpstreamBadResponse(f"upstream {self.replica} sent an event that is not a completion chunk",
+            raise UpstreamBadResponse("upstream sent an event that is not a completion chunk",
                                       code="upstream_bad_event") from None
         return sse_event(json.dumps(event).encode())
 
@@ -90,13 +86,8 @@ class Generate(MethodView):
     @blp.alt_response(422, schema=ApiErrorSchema, description="Validation failed")
     def post(self, body: dict[str, Any]) -> dict[str, Any]:
         """Generate text and return it whole."""
-        upstream = get_upstream()
-        payload = completion_request(body, resolve_model(body.get("model"), upstream), stream=False)
-        with cancel_on_disconnect(request.environ):
-            with closing(upstream.open("/v1/completions", payload, request_id=current_request_id(),
-                                       stream=False)) as response:
-                completion = upstream.read_json(response)
-        return native_response(completion, upstream.base_url)
+        payload = completion_request(body, resolve_model(body.get("model"), get_upstream()), stream=False)
+        return native_response(gateway.complete("/v1/completions", payload))
 
 
 @blp.route("/generate/stream")
@@ -108,9 +99,5 @@ class GenerateStream(MethodView):
     @blp.alt_response(422, schema=ApiErrorSchema, description="Validation failed")
     def post(self, body: dict[str, Any]):
         """Generate text and stream it as Server-Sent Events as the model produces it."""
-        upstream = get_upstream()
-        payload = completion_request(body, resolve_model(body.get("model"), upstream), stream=True)
-        with cancel_on_disconnect(request.environ):
-            response = upstream.open("/v1/completions", payload, request_id=current_request_id(), stream=True)
-        return relay_response(response, request.environ, NativeStreamTranslator(upstream.base_url),
-                              upstream.base_url)
+        payload = completion_request(body, resolve_model(body.get("model"), get_upstream()), stream=True)
+        return gateway.stream("/v1/completions", payload, NativeStreamTranslator())

@@ -8,6 +8,7 @@ import requests
 import responses
 
 from app.api.generate import NativeStreamTranslator
+from app.exchange import Exchange
 from app.streaming import relay
 from tests.conftest import UPSTREAM
 
@@ -89,7 +90,7 @@ class PiecewiseResponse:
 
 
 def relay_all(response: PiecewiseResponse) -> list:
-    body = b"".join(relay(response, {}, NativeStreamTranslator("up"), "up"))
+    body = b"".join(relay(response, {}, NativeStreamTranslator(), Exchange("r", "/v1/generate/stream", "m", True, replica="up")))
     assert response.closed, "the upstream response must be closed when the relay ends"
     return events(body)
 
@@ -135,3 +136,41 @@ def test_read_timeout_mid_stream_is_an_upstream_timeout_event():
 
 def test_invalid_json_chunk_ends_with_error_event():
     assert_ends_with_error(relay_all(PiecewiseResponse([chunk(" a"), b"data: {not json\n\n"])), "upstream_bad_event")
+
+
+@pytest.fixture
+def finished_exchanges():
+    """Every Exchange that finishes during the test."""
+    from app.exchange import finished
+    seen = []
+
+    def record(exchange):
+        seen.append(exchange)
+
+    finished.connect(record)
+    yield seen
+    finished.disconnect(record)
+
+
+def test_completed_stream_records_usage_once(finished_exchanges):
+    relay_all(PiecewiseResponse([UPSTREAM_STREAM]))
+    [exchange] = finished_exchanges
+    assert exchange.outcome == "completed"
+    assert (exchange.prompt_tokens, exchange.completion_tokens) == (3, 3)
+    assert exchange.ttft_seconds is not None
+
+
+def test_stream_cut_short_counts_the_tokens_relayed(finished_exchanges):
+    relay_all(PiecewiseResponse([chunk(" a"), chunk(" b")], then=requests.ConnectionError("reset")))
+    [exchange] = finished_exchanges
+    assert exchange.outcome == "upstream_error" and exchange.error_code == "upstream_connection_error"
+    assert exchange.completion_tokens == 2
+
+
+def test_client_closing_the_stream_is_a_cancellation(finished_exchanges):
+    events = relay(PiecewiseResponse([chunk(" a"), chunk(" b"), chunk(" c")]), {}, NativeStreamTranslator(),
+                   Exchange("r", "/v1/generate/stream", "m", True, replica="up"))
+    next(events)
+    events.close()  # what gunicorn does when a write to the client fails
+    [exchange] = finished_exchanges
+    assert exchange.outcome == "client_cancelled" and exchange.completion_tokens == 1

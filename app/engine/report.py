@@ -1,0 +1,62 @@
+"""What the person running `sluice serve` reads: progress lines, waits with elapsed time, failures."""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+
+class EngineError(RuntimeError):
+    """A step of the embedded engine failed; the message says what failed and what to do."""
+
+
+def say(message: str) -> None:
+    """Print one progress line (on stderr, where gunicorn logs too, so the two interleave in order)."""
+    print(f"sluice: {message}", file=sys.stderr, flush=True)
+
+
+def tail(path: Path, lines: int = 25, start: int = 0) -> str:
+    """The last lines of a log file from byte offset start on, indented, or a note that it is empty."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(start)
+            text = handle.read().decode("utf-8", "replace")
+    except OSError:
+        return "    (no log written)"
+    kept = [line for line in text.splitlines() if line.strip()][-lines:]
+    return "\n".join("    " + line for line in kept) or "    (log is empty)"
+
+
+class Waiting:
+    """A wait shown with its elapsed seconds: rewritten in place on a terminal, a line every 15 s in a log."""
+
+    EVERY = 15.0
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.started = time.monotonic()
+        self._interactive = sys.stderr.isatty()
+        self._last_line = 0.0
+        self._dirty = False
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def tick(self) -> None:
+        """Show the elapsed time now (cheap: call it on every poll)."""
+        elapsed = self.elapsed
+        if self._interactive:
+            sys.stderr.write(f"\rsluice: waiting for {self.what}: {elapsed:.0f} s ")
+            sys.stderr.flush()
+            self._dirty = True
+        elif elapsed - self._last_line >= self.EVERY:
+            self._last_line = elapsed
+            say(f"waiting for {self.what}: {elapsed:.0f} s")
+
+    def end(self) -> None:
+        """Leave the rewritten line so the next message starts on a line of its own."""
+        if self._dirty:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+            self._dirty = False

@@ -1,0 +1,78 @@
+"""One generation's record, from the moment it goes upstream to its last byte.
+
+Metrics, logs and token accounting read it when it finishes (the `finished` signal), so
+that the request path itself knows nothing of them. A stream finishes after its view has
+returned, when the relay ends; a blocking generation finishes inside its view.
+"""
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from blinker import Namespace
+
+_signals = Namespace()
+finished = _signals.signal("sluice.exchange-finished")
+
+COMPLETED = "completed"
+CLIENT_CANCELLED = "client_cancelled"
+UPSTREAM_ERROR = "upstream_error"
+
+# A usage object inside a chunk's JSON (vLLM writes "usage": null in the others).
+_HAS_USAGE = re.compile(rb'"usage":\s*\{')
+
+
+@dataclass
+class Exchange:
+    """What happened to one generation: who, where, how many tokens, how long, how it ended."""
+
+    request_id: str
+    route: str
+    model: str
+    stream: bool
+    key_name: str | None = None
+    replica: str | None = None
+    started: float = field(default_factory=time.perf_counter)
+    first_token_at: float | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    events_relayed: int = 0
+    outcome: str | None = None
+    status: int = 200
+    error_code: str | None = None
+    duration: float = 0.0
+
+    def record_usage(self, usage: Any) -> None:
+        """Take the upstream's token counts (a usage object), ignoring anything malformed."""
+        if isinstance(usage, dict):
+            self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            self.completion_tokens = int(usage.get("completion_tokens") or 0)
+
+    def saw_event(self, data: bytes) -> bool:
+        """Note one upstream event's arrival; True when it carries the usage object."""
+        if self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
+        self.events_relayed += 1
+        return _HAS_USAGE.search(data) is not None
+
+    @property
+    def usage_known(self) -> bool:
+        return self.completion_tokens > 0 or self.prompt_tokens > 0
+
+    @property
+    def ttft_seconds(self) -> float | None:
+        return None if self.first_token_at is None else self.first_token_at - self.started
+
+    def finish(self, outcome: str, status: int = 200, error_code: str | None = None) -> None:
+        """Close the record once and tell the subscribers (metrics, logs, token limits)."""
+        if self.outcome is not None:
+            return
+        if not self.usage_known:
+            # A stream cut short never got its usage chunk: count what was relayed, one
+            # event per generated token as vLLM emits them, so cut streams still count.
+            self.completion_tokens = self.events_relayed
+        self.outcome, self.status, self.error_code = outcome, status, error_code
+        self.duration = time.perf_counter() - self.started
+        finished.send(self)
