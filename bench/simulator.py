@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import math
 import sys
 import threading
 import time
@@ -79,6 +80,7 @@ class SimConfig:
     fault: str | None = None
     pause: float | None = None  # pause_mid_stream duration; None pauses until the client leaves
     backlog: int = 4096
+    loop: str = "auto"  # "auto" (uvloop if importable), "uvloop" or "asyncio"
 
     def __post_init__(self) -> None:
         """Normalise and validate so that bad settings fail at construction time."""
@@ -91,6 +93,16 @@ class SimConfig:
             raise ValueError(f"unknown fault {self.fault!r}; choose from {', '.join(FAULTS)}")
         if self.max_num_seqs < 1:
             raise ValueError("max_num_seqs must be >= 1")
+        if self.loop not in ("auto", "uvloop", "asyncio"):
+            raise ValueError("loop must be auto, uvloop or asyncio")
+        if self.loop == "uvloop" and uvloop is None:
+            raise ValueError("loop=uvloop requested but uvloop is not installed")
+
+    def new_event_loop(self) -> asyncio.AbstractEventLoop:
+        """Create the event loop this config asks for."""
+        if self.loop != "asyncio" and uvloop is not None:
+            return uvloop.new_event_loop()
+        return asyncio.new_event_loop()
 
 
 @dataclasses.dataclass
@@ -184,6 +196,113 @@ class _Gen:
             setattr(self, k, v)
 
 
+class _Ticker:
+    """Groups timed wake-ups into 1 ms buckets: one loop timer per bucket instead of one per stream."""
+
+    # With thousands of streams the per-event TimerHandle heap push/pop (Python-level comparisons)
+    # is a visible share of CPU; a dict of buckets makes scheduling an append.
+
+    __slots__ = ("loop", "buckets")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.buckets: dict[int, list[Callable[[], None]]] = {}
+
+    def call_at(self, when: float, cb: Callable[[], None]) -> None:
+        """Run cb at or just after `when` (rounded up to the next millisecond, never early)."""
+        key = math.ceil(when * 1000.0)
+        bucket = self.buckets.get(key)
+        if bucket is None:
+            self.buckets[key] = bucket = []
+            self.loop.call_at(key / 1000.0, self._fire, key)
+        bucket.append(cb)
+
+    def _fire(self, key: int) -> None:
+        """Run every callback of one bucket."""
+        for cb in self.buckets.pop(key, ()):
+            cb()
+
+
+class _Emitter:
+    """Emits one stream's token events from timer callbacks."""
+
+    # A callback per event instead of a task wake-up (future + timer + task step) cuts the Python
+    # cost per event, which is what limits how many concurrent streams one core can pace.
+
+    __slots__ = ("loop", "ticker", "transport", "render", "stats", "itl", "t0", "i", "last", "fut", "dead",
+                 "must_drain")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        ticker: _Ticker,
+        transport: asyncio.WriteTransport,
+        render: Callable[[int], bytes],
+        stats: SimStats,
+        itl: float,
+    ) -> None:
+        self.loop = loop
+        self.ticker = ticker
+        self.transport = transport
+        self.render = render
+        self.stats = stats
+        self.itl = itl
+        self.t0 = loop.time()  # token i is due at t0 + itl * (i - 1): absolute, so lag never accumulates
+        self.i = 1
+        self.last = 0
+        self.fut: asyncio.Future[int] | None = None
+        self.dead = False
+        self.must_drain = False
+
+    def run(self, first: int, last: int) -> asyncio.Future[int]:
+        """Emit tokens first..last on schedule; resolves to the next token index (early if the socket is full)."""
+        self.i, self.last, self.must_drain = first, last, False
+        self.fut = self.loop.create_future()
+        self._schedule()
+        return self.fut
+
+    def restart_clock(self, next_i: int) -> None:
+        """Make token next_i due one itl from now."""
+        self.t0 = self.loop.time() - self.itl * (next_i - 2)
+
+    def cancel(self) -> None:
+        """Stop emitting (client gone or request aborted); a pending callback becomes a no-op."""
+        self.dead = True
+
+    def _schedule(self) -> None:
+        """Arm the wake-up for token self.i; token 1 and itl == 0 go out on the next loop pass."""
+        if self.itl > 0 and self.i > 1:
+            self.ticker.call_at(self.t0 + self.itl * (self.i - 1), self._emit)
+        else:
+            self.loop.call_soon(self._emit)
+
+    def _emit(self) -> None:
+        """Write one event as its own HTTP chunk, straight to the socket."""
+        fut = self.fut
+        if self.dead or fut is None or fut.done():  # the awaiting request was cancelled
+            return
+        tr = self.transport
+        if tr.is_closing():
+            fut.set_exception(_ClientGone())
+            return
+        payload = self.render(self.i)
+        try:
+            tr.write(b"%x\r\n%s\r\n" % (len(payload), payload))
+        except Exception:  # never let one stream's failure skip the other callbacks in its bucket
+            fut.set_exception(_ClientGone())
+            return
+        self.stats.tokens_generated += 1
+        self.i += 1
+        if self.i > self.last:
+            fut.set_result(self.i)
+        elif tr.get_write_buffer_size() > _READ_SIZE:
+            # The client reads slower than we produce: let the coroutine await drain() (backpressure).
+            self.must_drain = True
+            fut.set_result(self.i)
+        else:
+            self._schedule()
+
+
 class SimServer:
     """The asyncio HTTP/1.1 server; must be started and used on one event loop."""
 
@@ -194,6 +313,7 @@ class SimServer:
         self._model_gauges: dict[str, list[int]] = {m: [0, 0] for m in config.models}
         self._server: asyncio.base_events.Server | None = None
         self._sem: asyncio.Semaphore | None = None
+        self._ticker: _Ticker | None = None
         self._conns: set[_Conn] = set()
         self._date = b""
         self._date_at = 0
@@ -210,6 +330,7 @@ class SimServer:
     async def start(self) -> None:
         """Bind and start accepting connections."""
         self._sem = asyncio.Semaphore(self.config.max_num_seqs)
+        self._ticker = _Ticker(asyncio.get_running_loop())
         self._server = await asyncio.start_server(
             self._on_connection, self.config.host, self.config.port, backlog=self.config.backlog,
             limit=_READ_SIZE * 2,
@@ -269,6 +390,7 @@ class SimServer:
         """Append the next bytes from the socket to conn.buf; False at EOF."""
         if conn.watch is not None:
             # The watcher owns reader.read() until it has processed its cancellation.
+            conn.watch.cancel()
             while not conn.watch.done():
                 await asyncio.sleep(0)
             conn.watch = None
@@ -557,7 +679,7 @@ class SimServer:
         model = body.get("model")
         if model is None:
             model = self.config.models[0]  # vLLM serves the only model when none is named
-        elif model not in self._model_gauges:
+        elif not isinstance(model, str) or model not in self._model_gauges:
             raise _ApiError(404, f"The model `{model}` does not exist.")
 
         if chat:
@@ -570,7 +692,7 @@ class SimServer:
                 if isinstance(content, str):
                     texts.append(content)
                 elif isinstance(content, list):  # multi-part content: count the text parts
-                    texts.extend(p.get("text", "") for p in content if isinstance(p, dict))
+                    texts.extend(str(p.get("text", "")) for p in content if isinstance(p, dict))
             prompt_text = " ".join(texts)
             prompt_tokens = len(prompt_text.split())
         else:
@@ -651,6 +773,12 @@ class SimServer:
                 raise  # server shutdown, not a client disconnect
             conn.task.uncancel()
             outcome, keep = "cancelled", False
+        except Exception as e:  # a simulator bug must show up as a 500, not as a silently dropped request
+            keep = False
+            try:
+                self._write_simple(conn, 500, self._error_body(500, f"simulator error: {e!r}"), True, extra)
+            except _ClientGone:
+                pass
         finally:
             self._disarm(conn)
             st.active -= 1
@@ -692,7 +820,11 @@ class SimServer:
         await self._sem.acquire()
         if g.ttft > 0:
             self._arm(conn)
-            await asyncio.sleep(g.ttft)
+            try:
+                await asyncio.sleep(g.ttft)
+            except BaseException:
+                self._sem.release()  # the caller only owns the slot once _admit returns
+                raise
 
     def _usage(self, g: _Gen, completion: int) -> dict[str, Any]:
         """vLLM's usage object."""
@@ -841,7 +973,7 @@ class SimServer:
         gauges[1] += 1
         phase = 1
         acquired = False
-        sent = 0
+        emitter: _Emitter | None = None
         try:
             await self._admit(conn, g)
             acquired = True
@@ -855,28 +987,32 @@ class SimServer:
                         "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
                                      "logprobs": None, "finish_reason": None}]}
                 await self._send_chunk(conn, b"data: " + _dumps(role) + b"\n\n")
-            t0 = loop.time()
-            itl = g.itl
-            for i in range(1, n + 1):
-                if i > 1:
-                    # Sleep to an absolute deadline so event-loop lag does not accumulate into drift.
-                    delay = t0 + itl * (i - 1) - loop.time() if itl > 0 else 0.0
-                    await asyncio.sleep(delay if delay > 0 else 0)
-                await self._send_chunk(conn, token_event(i))
-                sent += 1
-                st.tokens_generated += 1
-                if i == fault_at:
-                    result = await self._mid_stream_fault(conn, g, i, n, token_event)
+            assert self._ticker is not None
+            emitter = _Emitter(loop, self._ticker, conn.writer.transport, token_event, st, g.itl)
+            i = 1
+            while i <= n:
+                last = fault_at if i <= fault_at else n
+                i = await emitter.run(i, last)
+                if emitter.must_drain:
+                    try:
+                        await conn.writer.drain()
+                    except (ConnectionError, OSError):
+                        raise _ClientGone() from None
+                if i == fault_at + 1 and i - 1 == last:
+                    result = await self._mid_stream_fault(conn, g, i - 1, n, token_event)
                     if result is not None:
                         return result
+                    emitter.restart_clock(i)  # after a pause, resume one itl later instead of bursting
             if g.include_usage:
                 usage = {"id": g.rid, "object": "chat.completion.chunk" if g.chat else "text_completion",
                          "created": g.created, "model": g.model, "choices": [],
-                         "usage": self._usage(g, sent)}
+                         "usage": self._usage(g, n)}
                 await self._send_chunk(conn, b"data: " + _dumps(usage) + b"\n\n")
             await self._send(conn, b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n")
             return "completed"
         finally:
+            if emitter is not None:
+                emitter.cancel()
             if phase == 1:
                 st.waiting -= 1
                 gauges[1] -= 1
@@ -950,7 +1086,7 @@ class Simulator:
 
         def run() -> None:
             """Thread body: own loop, serve until stop()."""
-            loop = uvloop.new_event_loop() if uvloop is not None else asyncio.new_event_loop()
+            loop = self.config.new_event_loop()
             self._loop = loop
             asyncio.set_event_loop(loop)
 
@@ -969,14 +1105,8 @@ class Simulator:
 
             try:
                 loop.run_until_complete(main())
-                # Let cancelled watcher tasks finish so closing the loop does not warn about them.
-                pending = asyncio.all_tasks(loop)
-                for t in pending:
-                    t.cancel()
-                if pending:
-                    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             finally:
-                loop.close()
+                _close_loop(loop)
 
         self._thread = threading.Thread(target=run, name="vllm-simulator", daemon=True)
         self._thread.start()
@@ -1053,11 +1183,26 @@ def _parse_args(argv: list[str] | None) -> SimConfig:
     p.add_argument("--fault", choices=FAULTS, default=None, help="inject this fault into every generation")
     p.add_argument("--pause", type=float, default=None, help="pause_mid_stream seconds (default: forever)")
     p.add_argument("--backlog", type=int, default=4096)
+    p.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto",
+                   help="event loop; auto uses uvloop when it is importable")
     a = p.parse_args(argv)
     models = a.models if a.models else a.model
     return SimConfig(host=a.host, port=a.port, models=models, ttft=a.ttft, itl=a.itl,
                      max_tokens_cap=a.max_tokens_cap, max_num_seqs=a.max_num_seqs,
-                     max_model_len=a.max_model_len, fault=a.fault, pause=a.pause, backlog=a.backlog)
+                     max_model_len=a.max_model_len, fault=a.fault, pause=a.pause, backlog=a.backlog,
+                     loop=a.loop)
+
+
+def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Finish leftover tasks (cancelled watchers) before closing, so nothing is destroyed while pending."""
+    try:
+        pending = asyncio.all_tasks(loop)
+        for t in pending:
+            t.cancel()
+        if pending:
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+    finally:
+        loop.close()
 
 
 def _raise_fd_limit() -> None:
@@ -1094,12 +1239,14 @@ def main(argv: list[str] | None = None) -> int:
     """CLI entry point."""
     config = _parse_args(argv)
     _raise_fd_limit()
-    if uvloop is not None:
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    loop = config.new_event_loop()
+    asyncio.set_event_loop(loop)
     try:
-        asyncio.run(_serve(config))
+        loop.run_until_complete(_serve(config))
     except KeyboardInterrupt:
         pass
+    finally:
+        _close_loop(loop)
     return 0
 
 

@@ -363,6 +363,17 @@ def test_cancel_while_queued_and_metrics() -> None:
         assert 'vllm:kv_cache_usage_perc{engine="0",model_name="sim-model"} 0.0' in metrics
 
 
+def test_cancel_during_ttft_frees_the_slot() -> None:
+    with Simulator(port=0, max_num_seqs=1) as s:
+        for _ in range(2):
+            sock = _raw(s, "/v1/completions", {"prompt": "x"}, {"x-sim-ttft": "10"})
+            assert s.wait_for(lambda st: st.waiting == 1, timeout=1)
+            sock.close()
+            assert s.wait_for(lambda st: st.waiting == 0, timeout=1)
+        assert _post(s, "/v1/completions", {"prompt": "x", "max_tokens": 2}).status_code == 200
+        assert s.stats.cancelled == 2 and s.stats.completed == 1
+
+
 def test_queue_limits_concurrency() -> None:
     with Simulator(port=0, max_num_seqs=2, itl=0.02) as s:
         socks = [_raw(s, "/v1/completions", {"prompt": "x", "max_tokens": 10, "stream": True}) for _ in range(4)]
