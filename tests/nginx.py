@@ -48,13 +48,18 @@ def make_certificate(tls_dir: Path, host: str = SERVER_NAME) -> Path:
     return tls_dir / "fullchain.pem"
 
 
-def render(conf: str, http_port: int, https_port: int) -> str:
-    """sluice.conf with its listen ports moved to loopback test ports; nothing else changes."""
-    conf, n_http = re.subn(r"\blisten 80\b", f"listen 127.0.0.1:{http_port}", conf)
-    conf, n_https = re.subn(r"\blisten 443\b", f"listen 127.0.0.1:{https_port}", conf)
-    # The shipped file listens twice on each port (default server and sluice): if that changes,
-    # this function must change with it rather than test half a config.
-    assert (n_http, n_https) == (2, 2), f"unexpected listen lines in sluice.conf: {n_http} x 80, {n_https} x 443"
+def render(conf: str, http_port: int, https_port: int, webroot: Path) -> str:
+    """sluice.conf with its ports on loopback test ports and its ACME webroot in the test's folder.
+
+    Nothing else changes. Each pattern must match as often as the shipped file has it: if the
+    file changes, this function changes with it rather than test half a config.
+    """
+    moves = [(r"\blisten 80\b", f"listen 127.0.0.1:{http_port}", 2),  # default server and sluice
+             (r"\blisten 443\b", f"listen 127.0.0.1:{https_port}", 2),
+             (r"\broot /var/www/acme;", f"root {webroot};", 1)]
+    for pattern, replacement, expected in moves:
+        conf, found = re.subn(pattern, replacement, conf)
+        assert found == expected, f"sluice.conf has {found} x {pattern!r}, expected {expected}"
     return conf
 
 
@@ -71,7 +76,9 @@ def write_config(prefix: Path, upstreams: str, http_port: int, https_port: int) 
     (prefix / "temp").mkdir(parents=True, exist_ok=True)
     (prefix / "sluice").mkdir(exist_ok=True)
     (prefix / "sluice" / "upstreams.conf").write_text(upstreams)
-    (prefix / "sluice.conf").write_text(render((NGINX_DIR / "sluice.conf").read_text(), http_port, https_port))
+    (prefix / "acme").mkdir(exist_ok=True)
+    (prefix / "sluice.conf").write_text(
+        render((NGINX_DIR / "sluice.conf").read_text(), http_port, https_port, prefix / "acme"))
     # As root, workers would run as nobody and could not read the test's root-owned folder.
     user = "user root;" if os.geteuid() == 0 else ""
     (prefix / "nginx.conf").write_text(MAIN_CONF.format(user=user, prefix=prefix))
