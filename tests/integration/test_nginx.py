@@ -283,12 +283,13 @@ def test_hup_reload_finishes_20_streams_and_keeps_serving(nginx, gateways, simul
         wait_until(lambda: simulator.stats()["running"] == 20, 10, "20 streams generating")
         for gw in gateways:
             os.kill(gw.proc.pid, signal.SIGHUP)
-        wait_until(lambda: all(len(log_lines(gw, "Booting worker")) == n + 1 for gw, n in zip(gateways, booted)),
-                   10, "new workers")
 
+    # Blocking requests follow at once, while new workers boot and the old ones drain.
     streams, statuses = run_streams_through(nginx, 20, 150, reload_both)  # 3 s each
     assert [(s.status, s.done, len(s.text_events)) for s in streams] == [(200, True, 150)] * 20
     assert len(statuses) >= 3 and set(statuses) == {200}, statuses
+    wait_until(lambda: all(len(log_lines(gw, "Booting worker")) == n + 1 for gw, n in zip(gateways, booted)),
+               10, "a new worker in each gateway")
     streamed_by = upstreams_of([line for line in nginx.access_log()[seen:] if "/v1/generate/stream" in line])
     assert sorted(set(streamed_by)) == sorted(address(gw) for gw in gateways), "least_conn used one gateway"
 
