@@ -29,7 +29,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings["MAX_BODY_BYTES"]
     logging.getLogger("app").setLevel(settings["LOG_LEVEL"].upper())
 
-    from app import request_id, upstream
+    from app import proxies, request_id, upstream
     from app.api import generate, health
 
     request_id.init_app(app)
@@ -40,6 +40,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     api.register_blueprint(health.blp)
     api.register_blueprint(generate.blp)
     errors.register(app)  # after Api(): replaces flask-smorest's own error handler
+    proxies.init_app(app)  # last: the outermost WSGI layer, so every layer sees the client's address
     return app
 
 

@@ -82,6 +82,11 @@ SETTINGS: tuple[Setting, ...] = (
             "Seconds a worker has, on reload or stop, to finish the generations in flight.", minimum=1),
     Setting("LOG_LEVEL", str, "info", "Log level of the gateway and gunicorn.",
             choices=("debug", "info", "warning", "error", "critical")),
+    # --- behind a reverse proxy (nginx/, docs/deployment.md) ---
+    Setting("TRUSTED_PROXIES", int, 0,
+            "Proxies in front of the gateway that append to X-Forwarded-For (nginx alone: 1). The client's "
+            "address, scheme and host are taken from their X-Forwarded-* headers; 0 trusts none.",
+            minimum=0, maximum=10),
     # --- upstream ---
     Setting("UPSTREAM_URL", str, "",
             "Base URL of the vLLM (OpenAI-compatible) server, e.g. http://127.0.0.1:8000. "

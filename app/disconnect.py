@@ -39,7 +39,10 @@ def cancel_on_disconnect(environ: dict[str, Any]) -> Iterator[None]:
         yield
     finally:
         guard.active = False
-        watcher.kill(block=False)
+        # Wait for the watcher to be gone: on a keepalive connection gunicorn reads the next
+        # request from this socket as soon as we return, and gevent refuses a second reader
+        # (ConcurrentObjectUseError, answered with a 500) while the watcher still waits on it.
+        watcher.kill(block=True)
 
 
 def _watch(client_socket: socket.socket, request_greenlet: Any, guard: _Guard) -> None:

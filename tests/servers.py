@@ -50,14 +50,21 @@ class Service:
                                      stderr=subprocess.STDOUT, start_new_session=True)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
-        """Signal the process group, then kill what is left after `timeout`."""
+        """Signal the process (as systemd's KillMode=mixed does), then kill its group after `timeout`."""
         if self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
+            # The leader alone: a gunicorn master stops its own workers. Signalled together,
+            # the workers exit first, the master boots a replacement, and that one misses the
+            # stop (seen after a HUP: the master then waits out its graceful timeout).
+            self.proc.send_signal(sig)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # whatever is left of the group
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
 
     def log_tail(self, lines: int = 40) -> str:
         """The end of the service's log, for failure messages."""

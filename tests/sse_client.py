@@ -26,10 +26,11 @@ class StreamResult:
         return [e for e in self.events if isinstance(e, dict) and e.get("text")]
 
 
-def stream(url: str, body: dict, timeout: float = 60, headers: dict | None = None) -> StreamResult:
-    """POST `body` and read the SSE reply to its end."""
+def stream(url: str, body: dict, timeout: float = 60, headers: dict | None = None,
+           session: requests.Session | None = None) -> StreamResult:
+    """POST `body` (through `session` if given) and read the SSE reply to its end."""
     started = time.monotonic()
-    with requests.post(url, json=body, stream=True, timeout=timeout, headers=headers) as reply:
+    with (session or requests).post(url, json=body, stream=True, timeout=timeout, headers=headers) as reply:
         result = StreamResult(reply.status_code, started=started)
         if reply.status_code != 200:
             result.events.append(reply.json())
