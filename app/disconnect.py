@@ -73,7 +73,9 @@ def cancel_on_disconnect(environ: dict[str, Any]) -> Iterator[None]:
         try:
             yield
         finally:
-            watcher.kill(block=False)
+            # Wait for it to die: gunicorn reads the next keep-alive request from this socket
+            # next, and gevent refuses a read while the watcher still waits on the socket.
+            watcher.kill()
 
 
 def _watch(client_socket: socket.socket, interrupt: Interrupt) -> None:
