@@ -26,11 +26,6 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 EventTransform = Callable[[bytes], "bytes | None"]
 
 
-def sse_event(payload: bytes) -> bytes:
-    """Frame a JSON payload as one SSE event."""
-    return b"data: " + payload + b"\n\n"
-
-
 def relay_response(upstream: requests.Response, environ: dict[str, Any], transform: EventTransform,
                    exchange: Exchange) -> Response:
     """A text/event-stream response relaying `upstream`, which the caller has opened.
