@@ -84,7 +84,8 @@ SETTINGS: tuple[Setting, ...] = (
             choices=("debug", "info", "warning", "error", "critical")),
     # --- upstream ---
     Setting("UPSTREAM_URL", str, "",
-            "Base URL of the vLLM (OpenAI-compatible) server, e.g. http://127.0.0.1:8000. "
+            "Base URL of the upstream model server (vLLM unless UPSTREAM_KIND says otherwise), e.g. "
+            "http://127.0.0.1:8000. "
             "Empty: `sluice serve` starts the embedded engine and sets it."),
     Setting("UPSTREAM_CONNECT_TIMEOUT", float, 3.0, "Seconds to open a connection to the upstream.", minimum=0.001),
     Setting("UPSTREAM_READ_TIMEOUT", float, 120.0,
@@ -94,7 +95,8 @@ SETTINGS: tuple[Setting, ...] = (
             minimum=0.001),
     Setting("UPSTREAM_API_KEY", str, "", "Bearer token sent to the upstream, if it requires one."),
     Setting("MODEL", str, "",
-            "Model requested when a native request names none. Empty: the upstream's first served model."),
+            "Model (the upstream's name for it) used when a request names none. Empty: the upstream's first "
+            "served model."),
     # --- request limits ---
     Setting("MAX_BODY_BYTES", int, 1 * MiB, "Largest request body accepted; larger gets 413.", minimum=1),
     Setting("MAX_PROMPT_CHARS", int, 32_000, "Longest prompt accepted, in characters; longer gets 422.", minimum=1),

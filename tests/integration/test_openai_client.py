@@ -6,6 +6,9 @@ limits) are tested where those features live.
 from __future__ import annotations
 
 import asyncio
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
 
 import openai
 import pytest
@@ -109,14 +112,29 @@ def test_no_upstream_is_503(tmp_logs):
     assert "SLUICE_UPSTREAM_URL" in caught.value.body["message"]
 
 
-def test_overloaded_upstream_is_503_with_retry_after(tmp_logs):
-    sim = Simulator("--fault", "status_503", log=tmp_logs / "overloaded-simulator.log")
-    gw = Gateway({"SLUICE_UPSTREAM_URL": sim.url}, log=tmp_logs / "overloaded-gateway.log")
+@contextmanager
+def client_of_faulty_upstream(fault: str, tmp_logs: Path) -> Iterator[openai.OpenAI]:
+    """A client of a gateway in front of a simulator injecting `fault` into every generation."""
+    sim = Simulator("--fault", fault, log=tmp_logs / f"{fault}-simulator.log")
+    gw = Gateway({"SLUICE_UPSTREAM_URL": sim.url}, log=tmp_logs / f"{fault}-gateway.log")
     try:
-        with client_for(gw.url) as client, pytest.raises(openai.InternalServerError) as caught:
-            client.chat.completions.create(model="sim-model", messages=ASK, stream=True)
+        with client_for(gw.url) as client:
+            yield client
     finally:
         gw.stop()
         sim.stop()
+
+
+def test_overloaded_upstream_is_503_with_retry_after(tmp_logs):
+    with client_of_faulty_upstream("status_503", tmp_logs) as client, \
+            pytest.raises(openai.InternalServerError) as caught:
+        client.chat.completions.create(model="sim-model", messages=ASK, stream=True)
     assert caught.value.status_code == 503 and caught.value.code == "upstream_overloaded"
     assert caught.value.response.headers["Retry-After"] == "1"
+
+
+def test_failure_mid_stream_is_an_api_error(tmp_logs):
+    with client_of_faulty_upstream("error_event", tmp_logs) as client, pytest.raises(openai.APIError) as caught:
+        for _ in client.chat.completions.create(model="sim-model", messages=ASK, max_tokens=10, stream=True):
+            pass
+    assert caught.value.code == "upstream_stream_error" and "simulated engine failure" in caught.value.message

@@ -99,12 +99,17 @@ def test_chat_tool_calls_become_openai_tool_calls(client):
     assert json.loads(call["function"]["arguments"]) == {"format": "celsius", "location": "Paris, FR"}
 
 
+def chat_stream(client, recording: str, **body) -> list:
+    """The SSE events a client gets for a streamed chat whose Ollama answer is `recording`."""
+    answer_with(recording, "/api/chat")
+    reply = client.post("/v1/chat/completions", json={
+        "model": MODEL, "stream": True, "messages": [{"role": "user", "content": "Capital of France?"}], **body})
+    return events_of(reply.data)
+
+
 @responses.activate
 def test_chat_stream_is_openai_chunks_without_unasked_usage(client):
-    answer_with("chat_stream.ndjson", "/api/chat")
-    reply = client.post("/v1/chat/completions", json={
-        "model": MODEL, "stream": True, "messages": [{"role": "user", "content": "Capital of France?"}]})
-    got = events_of(reply.data)
+    got = chat_stream(client, "chat_stream.ndjson")
     assert got[-1] == "[DONE]"
     chunks = got[:-1]
     assert all(c["object"] == "chat.completion.chunk" and c["model"] == MODEL for c in chunks)
@@ -116,11 +121,7 @@ def test_chat_stream_is_openai_chunks_without_unasked_usage(client):
 
 @responses.activate
 def test_chat_stream_tool_calls(client):
-    answer_with("chat_tool_calls_stream.ndjson", "/api/chat")
-    reply = client.post("/v1/chat/completions", json={
-        "model": MODEL, "stream": True, "stream_options": {"include_usage": True},
-        "messages": [{"role": "user", "content": "Weather in Paris?"}]})
-    chunks = events_of(reply.data)[:-1]
+    chunks = chat_stream(client, "chat_tool_calls_stream.ndjson", stream_options={"include_usage": True})[:-1]
     [call] = chunks[0]["choices"][0]["delta"]["tool_calls"]
     assert call["index"] == 0 and call["function"]["name"] == "get_current_weather"
     assert chunks[-2]["choices"][0]["finish_reason"] == "tool_calls"
@@ -139,10 +140,7 @@ def test_completions_stream_with_usage(client):
 
 @responses.activate
 def test_error_line_mid_stream_ends_with_error_event(client):
-    answer_with("stream_error.ndjson", "/api/chat")
-    reply = client.post("/v1/chat/completions", json={
-        "model": MODEL, "stream": True, "messages": [{"role": "user", "content": "x"}]})
-    got = events_of(reply.data)
+    got = chat_stream(client, "stream_error.ndjson")
     assert got[0]["choices"][0]["delta"]["content"] == "The"
     assert got[-1] == "[DONE]" and got[-2]["error"]["code"] == "upstream_stream_error"
     assert "unexpected EOF" in got[-2]["error"]["message"]
