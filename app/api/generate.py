@@ -14,10 +14,10 @@ from flask_smorest import Blueprint
 from app import gateway
 from app.errors import UpstreamBadResponse
 from app.schemas import ApiErrorSchema, GenerateRequestSchema, GenerateResponseSchema
-from app.upstream.sse import sse_event
 from app.upstream import errors as upstream_errors
 from app.upstream import get_upstream
 from app.upstream.models import resolve_model
+from app.upstream.sse import sse_event
 
 blp = Blueprint("generate", __name__, url_prefix="/v1", description="Native text generation API.")
 
