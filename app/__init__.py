@@ -30,7 +30,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     logging.getLogger("app").setLevel(settings["LOG_LEVEL"].upper())
 
     from app import proxies, request_id, upstream
-    from app.api import generate, health
+    from app.api import generate, health, openai, ws
 
     request_id.init_app(app)
     upstream.init_app(app)
@@ -39,6 +39,8 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     api = Api(app)
     api.register_blueprint(health.blp)
     api.register_blueprint(generate.blp)
+    api.register_blueprint(openai.blp)
+    ws.init_app(app)
     errors.register(app)  # after Api(): replaces flask-smorest's own error handler
     proxies.init_app(app)  # last: the outermost WSGI layer, so every layer sees the client's address
     return app

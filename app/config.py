@@ -89,7 +89,8 @@ SETTINGS: tuple[Setting, ...] = (
             minimum=0, maximum=10),
     # --- upstream ---
     Setting("UPSTREAM_URL", str, "",
-            "Base URL of the vLLM (OpenAI-compatible) server, e.g. http://127.0.0.1:8000. "
+            "Base URL of the upstream model server (vLLM unless UPSTREAM_KIND says otherwise), e.g. "
+            "http://127.0.0.1:8000. "
             "Empty: `sluice serve` starts the embedded engine and sets it."),
     Setting("UPSTREAM_CONNECT_TIMEOUT", float, 3.0, "Seconds to open a connection to the upstream.", minimum=0.001),
     Setting("UPSTREAM_READ_TIMEOUT", float, 120.0,
@@ -99,14 +100,27 @@ SETTINGS: tuple[Setting, ...] = (
             minimum=0.001),
     Setting("UPSTREAM_API_KEY", str, "", "Bearer token sent to the upstream, if it requires one."),
     Setting("MODEL", str, "",
-            "Model requested when a native request names none. Empty: the upstream's first served model."),
+            "Model (the upstream's name for it) used when a request names none. Empty: the upstream's first "
+            "served model."),
     # --- request limits ---
     Setting("MAX_BODY_BYTES", int, 1 * MiB, "Largest request body accepted; larger gets 413.", minimum=1),
     Setting("MAX_PROMPT_CHARS", int, 32_000, "Longest prompt accepted, in characters; longer gets 422.", minimum=1),
     Setting("MAX_TOKENS_LIMIT", int, 4096, "Largest max_tokens a request may ask for; larger gets 422.", minimum=1),
-    Setting("HEARTBEAT_INTERVAL", float, 15.0,
-            "Seconds between SSE comment lines sent while a stream waits for the upstream, so that "
-            "idle-timeout proxies keep it open. 0 turns them off.", minimum=0),
+    # --- compatible API, WebSocket, model names and upstream kinds ---
+    Setting("UPSTREAM_KIND", str, "vllm",
+            "What the upstream is: vllm; ollama (its native /api/generate and /api/chat, translated); or "
+            "openai (any other OpenAI-compatible server, ready when /v1/models answers).",
+            choices=("vllm", "ollama", "openai")),
+    Setting("MODEL_MAP", str, "",
+            "Model names clients use, mapped to the upstream's served names: comma-separated client=upstream "
+            "pairs, e.g. gpt-4o-mini=smollm2,fast=smollm2. When set, only these names are accepted (others "
+            "get 404) and /v1/models lists them; empty: names pass through and /v1/models lists the upstream's."),
+    Setting("UNKNOWN_FIELDS", str, "reject",
+            "Request fields of /v1/completions and /v1/chat/completions that Sluice does not know: reject "
+            "(422 naming them) or pass (forwarded to the upstream unchecked).", choices=("reject", "pass")),
+    Setting("WS_PING_INTERVAL", float, 25.0,
+            "Seconds between pings on /v1/generate/ws, which keep idle connections open through proxies; a "
+            "client that has not answered the previous ping is disconnected. 0 turns pings off.", minimum=0),
     # --- the embedded engine (`sluice serve` without SLUICE_UPSTREAM_URL) ---
     Setting("ENGINE_HOME", str, "",
             "Folder for the engine's virtual environment and converted model. Empty: ~/.cache/sluice."),

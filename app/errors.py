@@ -102,6 +102,11 @@ _HTTP_EXCEPTIONS: dict[int, type[ApiError]] = {
 }
 
 
+def internal_error() -> ApiError:
+    """What a client is told about a bug of ours (logged with its traceback, never shown)."""
+    return ApiError("Internal error in the gateway; it has been logged.")
+
+
 def error_response(exc: ApiError) -> tuple[dict[str, Any], int, dict[str, str]]:
     """A Flask response tuple for an ApiError."""
     return exc.body(), exc.status, exc.headers
@@ -177,4 +182,4 @@ def register(app: Flask) -> None:
     def _unexpected(exc: Exception):
         # A bug of ours: logged with its traceback, never shown to the client.
         log.exception("unhandled error")
-        return ApiError("Internal error in the gateway; it has been logged.").body(), 500
+        return internal_error().body(), 500

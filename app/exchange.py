@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import re
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 from blinker import Namespace
+
+from app.disconnect import ClientCancelled
+from app.errors import ApiError
 
 _signals = Namespace()
 finished = _signals.signal("sluice.exchange-finished")
@@ -19,6 +23,7 @@ finished = _signals.signal("sluice.exchange-finished")
 COMPLETED = "completed"
 CLIENT_CANCELLED = "client_cancelled"
 UPSTREAM_ERROR = "upstream_error"
+CLIENT_CLOSED_STATUS = 499  # nginx's code for "client closed the request"
 
 # A usage object inside a chunk's JSON (vLLM writes "usage": null in the others).
 _HAS_USAGE = re.compile(rb'"usage":\s*\{')
@@ -76,3 +81,16 @@ class Exchange:
         self.outcome, self.status, self.error_code = outcome, status, error_code
         self.duration = time.perf_counter() - self.started
         finished.send(self)
+
+
+@contextmanager
+def failures_recorded(exchange: Exchange) -> Iterator[None]:
+    """Finish `exchange` with the upstream error or client cancellation that leaves this block."""
+    try:
+        yield
+    except ApiError as exc:
+        exchange.finish(UPSTREAM_ERROR, exc.status, exc.code)
+        raise
+    except (ClientCancelled, GeneratorExit):  # GeneratorExit: a write to the client failed
+        exchange.finish(CLIENT_CANCELLED, CLIENT_CLOSED_STATUS)
+        raise

@@ -1,27 +1,28 @@
 """The path of one generation through the gateway, shared by every API surface.
 
 `complete` (blocking) and `stream` (SSE) open the upstream, relay or read its answer, and
-close the generation's Exchange with its outcome, whatever happens.
+close the generation's Exchange with its outcome, whatever happens. `open_stream` is the
+opening step on its own, for surfaces that relay events themselves (the WebSocket).
 """
 from __future__ import annotations
 
 from contextlib import closing
 from typing import Any
 
+import requests
 from flask import Response, request
 
-from app.disconnect import ClientDisconnected, cancel_on_disconnect
-from app.errors import ApiError
-from app.exchange import CLIENT_CANCELLED, COMPLETED, UPSTREAM_ERROR, Exchange
+from app.disconnect import cancel_on_disconnect
+from app.exchange import COMPLETED, Exchange, failures_recorded
 from app.request_id import current_request_id
-from app.streaming import CLIENT_CLOSED_STATUS, EventTransform, relay_response
+from app.streaming import EventTransform, relay_response
 from app.upstream import get_upstream
 
 
-def new_exchange(payload: dict[str, Any]) -> Exchange:
-    """The record of the generation this request asks for."""
+def new_exchange(payload: dict[str, Any], request_id: str | None = None) -> Exchange:
+    """The record of the generation this request asks for (under `request_id`, default the request's)."""
     rule = request.url_rule.rule if request.url_rule else request.path
-    return Exchange(request_id=current_request_id(), route=rule, model=payload["model"],
+    return Exchange(request_id=request_id or current_request_id(), route=rule, model=payload["model"],
                     stream=bool(payload.get("stream")))
 
 
@@ -30,33 +31,25 @@ def complete(path: str, payload: dict[str, Any]) -> Any:
     exchange = new_exchange(payload)
     upstream = get_upstream()
     exchange.replica = upstream.base_url
-    try:
-        with cancel_on_disconnect(request.environ):
-            with closing(upstream.open(path, payload, request_id=exchange.request_id, stream=False)) as response:
-                result = upstream.read_json(response)
-    except ClientDisconnected:
-        exchange.finish(CLIENT_CANCELLED, CLIENT_CLOSED_STATUS)
-        raise
-    except ApiError as exc:
-        exchange.finish(UPSTREAM_ERROR, exc.status, exc.code)
-        raise
+    with failures_recorded(exchange), cancel_on_disconnect(request.environ):
+        with closing(upstream.open(path, payload, request_id=exchange.request_id, stream=False)) as response:
+            result = upstream.read_json(response)
     exchange.record_usage(result.get("usage") if isinstance(result, dict) else None)
     exchange.finish(COMPLETED)
     return result
 
 
+def open_stream(path: str, payload: dict[str, Any], exchange: Exchange) -> requests.Response:
+    """Open a streaming request upstream for `exchange`; a failure finishes the exchange and is raised."""
+    upstream = get_upstream()
+    exchange.replica = upstream.base_url
+    with failures_recorded(exchange):
+        return upstream.open(path, payload, request_id=exchange.request_id, stream=True)
+
+
 def stream(path: str, payload: dict[str, Any], transform: EventTransform) -> Response:
     """Open a streaming request upstream and return the SSE response that relays it."""
     exchange = new_exchange(payload)
-    upstream = get_upstream()
-    exchange.replica = upstream.base_url
-    try:
-        with cancel_on_disconnect(request.environ):
-            response = upstream.open(path, payload, request_id=exchange.request_id, stream=True)
-    except ClientDisconnected:
-        exchange.finish(CLIENT_CANCELLED, CLIENT_CLOSED_STATUS)
-        raise
-    except ApiError as exc:
-        exchange.finish(UPSTREAM_ERROR, exc.status, exc.code)
-        raise
+    with cancel_on_disconnect(request.environ):
+        response = open_stream(path, payload, exchange)
     return relay_response(response, request.environ, transform, exchange)

@@ -1,36 +1,29 @@
 """Relay an upstream SSE response to the client, event by event, as the upstream produces it.
 
+`upstream_events` is the one reader of a streaming upstream response (SSE parsing, usage
+accounting, transport failures); the SSE relay here and the WebSocket both consume it.
 Whatever goes wrong after the first byte is sent as an error event followed by [DONE]:
 a stream never just stops. A client that leaves ends the relay and closes the upstream.
 """
 from __future__ import annotations
 
 import json
-import logging
 from typing import Any, Callable, Iterator
 
 import requests
 from flask import Response
 
-from app.disconnect import ClientDisconnected, cancel_on_disconnect
+from app.disconnect import ClientCancelled, cancel_on_disconnect
 from app.errors import ApiError, UpstreamBadResponse
-from app.exchange import CLIENT_CANCELLED, COMPLETED, UPSTREAM_ERROR, Exchange
+from app.exchange import CLIENT_CANCELLED, CLIENT_CLOSED_STATUS, COMPLETED, Exchange, failures_recorded
 from app.upstream import errors as upstream_errors
 from app.upstream.sse import SSEParser
 
-log = logging.getLogger(__name__)
-
 DONE = b"data: [DONE]\n\n"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-CLIENT_CLOSED_STATUS = 499  # nginx's code for "client closed the request"
 
 # Turns one upstream event's data into bytes for the client (None: send nothing).
 EventTransform = Callable[[bytes], "bytes | None"]
-
-
-def sse_event(payload: bytes) -> bytes:
-    """Frame a JSON payload as one SSE event."""
-    return b"data: " + payload + b"\n\n"
 
 
 def relay_response(upstream: requests.Response, environ: dict[str, Any], transform: EventTransform,
@@ -53,22 +46,23 @@ def relay(response: requests.Response, environ: dict[str, Any], transform: Event
           exchange: Exchange) -> Iterator[bytes]:
     """Yield the client's SSE bytes for each upstream event; the upstream is closed when done."""
     try:
-        with cancel_on_disconnect(environ):
-            yield from _events(response, transform, exchange)
+        with failures_recorded(exchange), cancel_on_disconnect(environ):
+            for data in upstream_events(response, exchange):
+                out = transform(data)
+                if out:
+                    yield out
         exchange.finish(COMPLETED)
+        yield DONE
     except ApiError as exc:
-        exchange.finish(UPSTREAM_ERROR, exc.status, exc.code)
         yield exc.sse_event()
-    except ClientDisconnected:
-        exchange.finish(CLIENT_CANCELLED, CLIENT_CLOSED_STATUS)
-    except GeneratorExit:  # gunicorn stopped iterating: a write to the client failed
-        exchange.finish(CLIENT_CANCELLED, CLIENT_CLOSED_STATUS)
-        raise
+    except ClientCancelled:
+        pass
     finally:
         response.close()
 
 
-def _events(response: requests.Response, transform: EventTransform, exchange: Exchange) -> Iterator[bytes]:
+def upstream_events(response: requests.Response, exchange: Exchange) -> Iterator[bytes]:
+    """The data of each upstream SSE event up to [DONE], noted on `exchange`; failures as ApiError."""
     replica = exchange.replica or "upstream"
     parser = SSEParser()
     try:
@@ -76,13 +70,10 @@ def _events(response: requests.Response, transform: EventTransform, exchange: Ex
         for chunk in response.iter_content(chunk_size=None):
             for data in parser.feed(chunk):
                 if data == b"[DONE]":
-                    yield DONE
                     return
                 if exchange.saw_event(data):
                     exchange.record_usage(_usage_of(data))
-                out = transform(data)
-                if out:
-                    yield out
+                yield data
     except requests.RequestException as exc:
         raise upstream_errors.from_exception(exc, replica) from None
     raise UpstreamBadResponse(f"upstream {replica} ended the stream without [DONE]", code="upstream_truncated")

@@ -73,22 +73,37 @@ class Service:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
-class Simulator(Service):
-    """bench/simulator.py as a process: a fast vLLM-shaped upstream with fault injection."""
+class SimulatedUpstream(Service):
+    """A simulated model server from bench/ as a process on a free port, with /sim/stats counters."""
+
+    module = ""
+    health_path = ""
 
     def __init__(self, *args: str, log: Path | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        super().__init__("simulator", [sys.executable, "-m", "bench.simulator", "--host", "127.0.0.1",
+        super().__init__(self.module, [sys.executable, "-m", self.module, "--host", "127.0.0.1",
                                        "--port", str(self.port), *args], log=log)
-        wait_until(lambda: requests.get(self.url + "/health", timeout=1).ok, 15, "simulator", self.proc)
+        wait_until(lambda: requests.get(self.url + self.health_path, timeout=1).ok, 15, self.module, self.proc)
 
     def stats(self) -> dict:
-        """The simulator's live counters (running, waiting, cancelled, ...)."""
+        """The simulator's live counters (running, cancelled, ...)."""
         return requests.get(self.url + "/sim/stats", timeout=5).json()
+
+
+class Simulator(SimulatedUpstream):
+    """bench/simulator.py as a process: a fast vLLM-shaped upstream with fault injection."""
+
+    module, health_path = "bench.simulator", "/health"
 
     def reset(self) -> None:
         requests.post(self.url + "/sim/reset", timeout=5)
+
+
+class OllamaSimulator(SimulatedUpstream):
+    """bench/ollama_simulator.py as a process: Ollama's native API, NDJSON streams."""
+
+    module, health_path = "bench.ollama_simulator", "/api/version"
 
 
 class Gateway(Service):

@@ -26,6 +26,16 @@ class StreamResult:
         return [e for e in self.events if isinstance(e, dict) and e.get("text")]
 
 
+def events_of(body: bytes) -> list:
+    """The data payloads of a whole SSE body, JSON-decoded except [DONE]."""
+    out = []
+    for block in body.decode().split("\n\n"):
+        if block.startswith("data: "):
+            data = block[6:]
+            out.append(data if data == "[DONE]" else json.loads(data))
+    return out
+
+
 def stream(url: str, body: dict, timeout: float = 60, headers: dict | None = None,
            session: requests.Session | None = None) -> StreamResult:
     """POST `body` (through `session` if given) and read the SSE reply to its end."""

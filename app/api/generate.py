@@ -14,10 +14,10 @@ from flask_smorest import Blueprint
 from app import gateway
 from app.errors import UpstreamBadResponse
 from app.schemas import ApiErrorSchema, GenerateRequestSchema, GenerateResponseSchema
-from app.streaming import sse_event
 from app.upstream import errors as upstream_errors
 from app.upstream import get_upstream
 from app.upstream.models import resolve_model
+from app.upstream.sse import sse_event
 
 blp = Blueprint("generate", __name__, url_prefix="/v1", description="Native text generation API.")
 
@@ -39,11 +39,11 @@ def completion_request(body: dict[str, Any], model: str, *, stream: bool) -> dic
     return payload
 
 
-def native_response(completion: Any) -> dict[str, Any]:
-    """The native response for an upstream completion; 502 when it is not one."""
+def native_response(completion: Any, client_model: str | None = None) -> dict[str, Any]:
+    """The native response for an upstream completion, under the model name the client used; 502 when not one."""
     try:
         choice = completion["choices"][0]
-        return {"id": completion["id"], "model": completion["model"], "text": choice["text"],
+        return {"id": completion["id"], "model": client_model or completion["model"], "text": choice["text"],
                 "finish_reason": choice.get("finish_reason"), "usage": completion["usage"]}
     except (KeyError, IndexError, TypeError):
         raise UpstreamBadResponse("upstream sent a completion without id, text or usage",
@@ -57,6 +57,11 @@ class NativeStreamTranslator:
         self.finish_reason: str | None = None
 
     def __call__(self, data: bytes) -> bytes | None:
+        event = self.event(data)
+        return None if event is None else sse_event(json.dumps(event).encode())
+
+    def event(self, data: bytes) -> dict[str, Any] | None:
+        """The native event for one upstream chunk (None: nothing to tell); the last carries usage."""
         try:
             chunk = json.loads(data)
             if "error" in chunk:
@@ -74,7 +79,7 @@ class NativeStreamTranslator:
         except (ValueError, KeyError, IndexError, TypeError):
             raise UpstreamBadResponse("upstream sent an event that is not a completion chunk",
                                       code="upstream_bad_event") from None
-        return sse_event(json.dumps(event).encode())
+        return event
 
 
 @blp.route("/generate")
@@ -87,7 +92,7 @@ class Generate(MethodView):
     def post(self, body: dict[str, Any]) -> dict[str, Any]:
         """Generate text and return it whole."""
         payload = completion_request(body, resolve_model(body.get("model"), get_upstream()), stream=False)
-        return native_response(gateway.complete("/v1/completions", payload))
+        return native_response(gateway.complete("/v1/completions", payload), body.get("model"))
 
 
 @blp.route("/generate/stream")

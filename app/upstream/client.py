@@ -1,4 +1,4 @@
-"""The HTTP client to one OpenAI-compatible model server (vLLM first).
+"""The HTTP client to one OpenAI-compatible model server (vLLM, or any server of OpenAI's API).
 
 One pooled requests Session per worker process, created lazily in the worker (after the
 fork: a pool inherited from the master would share sockets between processes), sized to
@@ -21,6 +21,8 @@ SSE_TYPE = "text/event-stream"
 
 class UpstreamClient:
     """Sends OpenAI-compatible requests to one upstream and maps its failures to ApiErrors."""
+
+    health_path = "/health"  # vLLM's; a 200 there means it can serve
 
     def __init__(self, base_url: str, *, connect_timeout: float, read_timeout: float,
                  health_timeout: float, pool_size: int, api_key: str = "") -> None:
@@ -51,6 +53,11 @@ class UpstreamClient:
         Closing an unfinished response drops its connection: vLLM sees its client gone and
         aborts the generation, so no GPU time is spent on nobody.
         """
+        return self.post(path, payload, request_id=request_id, expected_type=SSE_TYPE if stream else JSON_TYPE)
+
+    def post(self, path: str, payload: dict[str, Any], *, request_id: str | None,
+             expected_type: str) -> requests.Response:
+        """POST JSON and return the open response once its status and content type say success."""
         headers = {"X-Request-ID": request_id} if request_id else None
         try:
             response = self.session.post(self.base_url + path, json=payload, headers=headers,
@@ -58,7 +65,7 @@ class UpstreamClient:
         except requests.RequestException as exc:
             raise errors.from_exception(exc, self.base_url) from None
         try:
-            self._check(response, SSE_TYPE if stream else JSON_TYPE)
+            self._check(response, expected_type)
         except BaseException:
             response.close()
             raise
@@ -74,9 +81,9 @@ class UpstreamClient:
             raise errors.from_exception(exc, self.base_url) from None
 
     def check_health(self) -> None:
-        """Raise the matching ApiError unless the upstream's /health answers 200."""
+        """Raise the matching ApiError unless the upstream's health path answers 200."""
         try:
-            with self.session.get(self.base_url + "/health", timeout=self.health_timeout) as response:
+            with self.session.get(self.base_url + self.health_path, timeout=self.health_timeout) as response:
                 if response.status_code != 200:
                     raise errors.from_status(response.status_code, response.content, self.base_url)
         except requests.RequestException as exc:
@@ -99,4 +106,10 @@ class UpstreamClient:
         if not content_type.startswith(expected_type):
             raise UpstreamBadResponse(
                 f"upstream {self.base_url} answered {content_type or 'no content type'}, not {expected_type}:"
-                " is SLUICE_UPSTREAM_URL an OpenAI-compatible server?", code="upstream_not_api")
+                " do SLUICE_UPSTREAM_URL and SLUICE_UPSTREAM_KIND name this server?", code="upstream_not_api")
+
+
+class OpenAICompatibleClient(UpstreamClient):
+    """Any other server of OpenAI's API (OpenAI itself, llama.cpp, TGI...): no /health, so /v1/models."""
+
+    health_path = "/v1/models"

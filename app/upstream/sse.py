@@ -1,9 +1,14 @@
-"""An incremental Server-Sent Events parser: bytes in, complete `data` payloads out.
+"""Server-Sent Events: an incremental parser (bytes in, complete `data` payloads out) and the framing.
 
 Upstream chunks may split an event, a line, or a `\r\n` pair anywhere; the parser keeps
 the unfinished tail and yields an event only once its blank line has arrived.
 """
 from __future__ import annotations
+
+
+def sse_event(payload: bytes) -> bytes:
+    """Frame a JSON payload as one SSE event."""
+    return b"data: " + payload + b"\n\n"
 
 
 class SSEParser:

@@ -106,7 +106,9 @@ def test_upstream_gone_is_502_then_recovers(tmp_logs):
     try:
         assert requests.post(gw.url + "/v1/generate", json={"prompt": "x", "max_tokens": 2}, timeout=10).ok
         sim.stop()
-        reply = requests.post(gw.url + "/v1/generate", json={"prompt": "x", "max_tokens": 2}, timeout=10)
+        # Connection: close, or the gateway's graceful stop below waits for this idle keep-alive connection.
+        reply = requests.post(gw.url + "/v1/generate", json={"prompt": "x", "max_tokens": 2}, timeout=10,
+                              headers={"Connection": "close"})
         assert reply.status_code == 502 and reply.json()["error"]["code"] == "upstream_unreachable"
         assert requests.get(gw.url + "/readyz", timeout=10).status_code == 503
     finally:

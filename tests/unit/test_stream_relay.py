@@ -11,6 +11,7 @@ from app.api.generate import NativeStreamTranslator
 from app.exchange import Exchange
 from app.streaming import relay
 from tests.conftest import UPSTREAM
+from tests.sse_client import events_of as events
 
 COMPLETIONS = f"{UPSTREAM}/v1/completions"
 
@@ -26,14 +27,6 @@ USAGE = (b'data: {"id": "cmpl-7", "object": "text_completion", "created": 1, "mo
 UPSTREAM_STREAM = chunk(" The") + chunk(" sky") + chunk(" is", "length") + USAGE + b"data: [DONE]\n\n"
 
 
-def events(body: bytes) -> list:
-    """The data payloads of a client-side SSE body, JSON-decoded except [DONE]."""
-    out = []
-    for block in body.decode().split("\n\n"):
-        if block.startswith("data: "):
-            data = block[6:]
-            out.append(data if data == "[DONE]" else json.loads(data))
-    return out
 
 
 def stream(client, upstream_body: bytes, **post_kwargs):

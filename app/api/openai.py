@@ -1,0 +1,107 @@
+"""The OpenAI-compatible API: /v1/completions, /v1/chat/completions and /v1/models.
+
+Requests are validated, their model name mapped, and sent upstream as they are; answers
+come back as the upstream wrote them. Streams relay each upstream chunk unchanged, except
+for the model's name when the model map renames it and the usage chunk Sluice asked for
+on the client's behalf (it always asks, so that token accounting sees every stream).
+"""
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from app import gateway
+from app.schemas import ApiErrorSchema
+from app.schemas_openai import ChatCompletionRequestSchema, CompletionRequestSchema
+from app.upstream import errors as upstream_errors
+from app.upstream import get_upstream
+from app.upstream.models import listed_models, resolve_model
+from app.upstream.sse import sse_event
+
+blp = Blueprint("openai", __name__, url_prefix="/v1", description="OpenAI-compatible API (as vLLM serves it).")
+
+_ERROR_EVENT = re.compile(rb'\s*\{\s*"error"\s*:')
+_USAGE_ONLY = re.compile(rb'"choices":\s*\[\]')
+_STREAM_DOC = {
+    "description": "With `stream: true`, Server-Sent Events: the upstream's chunks as they come, then "
+                   "`data: [DONE]`.",
+    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+}
+
+
+class CompatibleStream:
+    """Relays OpenAI-shaped chunks byte for byte; renames the model and drops an unasked-for usage chunk."""
+
+    def __init__(self, upstream_model: str, client_model: str | None, client_wants_usage: bool) -> None:
+        self._rename = None
+        if client_model and client_model != upstream_model:
+            self._rename = re.compile(rb'("model":\s*)' + re.escape(json.dumps(upstream_model).encode()))
+            self._client_name = json.dumps(client_model).encode()
+        self._drop_usage = not client_wants_usage
+
+    def __call__(self, data: bytes) -> bytes | None:
+        if _ERROR_EVENT.match(data):
+            raise upstream_errors.from_event(_json_object(data))
+        if self._drop_usage and _USAGE_ONLY.search(data):
+            return None
+        if self._rename is not None:
+            data = self._rename.sub(lambda found: found.group(1) + self._client_name, data, count=1)
+        return sse_event(data)
+
+
+def _json_object(data: bytes) -> dict[str, Any]:
+    try:
+        event = json.loads(data)
+    except ValueError:
+        event = None
+    return event if isinstance(event, dict) else {"error": "malformed error event"}
+
+
+def generate(path: str, body: dict[str, Any]) -> Any:
+    """Send a validated request upstream under the upstream's model name; answer under the client's."""
+    client_model = body.get("model")
+    model = resolve_model(client_model, get_upstream())
+    payload = {key: value for key, value in body.items() if value is not None}
+    payload["model"] = model
+    if not payload.get("stream"):
+        result = gateway.complete(path, payload)
+        if client_model and isinstance(result, dict):
+            result["model"] = client_model
+        return result
+    wants_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
+    payload["stream_options"] = {**payload.get("stream_options", {}), "include_usage": True}
+    return gateway.stream(path, payload, CompatibleStream(model, client_model, wants_usage))
+
+
+@blp.route("/completions")
+class Completions(MethodView):
+    """Text completions."""
+
+    @blp.arguments(CompletionRequestSchema)
+    @blp.doc(responses={"200": _STREAM_DOC})
+    @blp.alt_response(422, schema=ApiErrorSchema, description="Validation failed")
+    def post(self, body: dict[str, Any]) -> Any:
+        """Continue a prompt (OpenAI's and vLLM's /v1/completions)."""
+        return generate("/v1/completions", body)
+
+
+@blp.route("/chat/completions")
+class ChatCompletions(MethodView):
+    """Chat completions."""
+
+    @blp.arguments(ChatCompletionRequestSchema)
+    @blp.doc(responses={"200": _STREAM_DOC})
+    @blp.alt_response(422, schema=ApiErrorSchema, description="Validation failed")
+    def post(self, body: dict[str, Any]) -> Any:
+        """Answer a conversation (OpenAI's and vLLM's /v1/chat/completions)."""
+        return generate("/v1/chat/completions", body)
+
+
+@blp.route("/models")
+def models() -> dict[str, Any]:
+    """The model names clients may use."""
+    return listed_models()

@@ -1,0 +1,193 @@
+"""WebSocket generation at /v1/generate/ws (flask-sock, inside the gevent worker).
+
+One JSON text message per request and per answer; requests follow each other on one
+connection, and one sent while a generation runs waits its turn.
+- client: a native generate request (the body of POST /v1/generate/stream; an optional
+  "type": "generate"), or {"type": "cancel"} to stop the running generation upstream;
+- server: {"type": "token", "id", "text"} per piece of text, then {"type": "done", "id",
+  "finish_reason", "usage"} (finish_reason "cancelled" after a cancel), or instead
+  {"type": "error", "id", "error": {...}} in the one error shape.
+The handshake is an ordinary GET through Flask, so every before_request hook (API keys)
+sees it. Server pings (SLUICE_WS_PING_INTERVAL) keep idle connections open.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from collections import deque
+from contextlib import contextmanager, suppress
+from typing import Any, Iterator
+
+import gevent
+from flask import Flask
+from flask_sock import Sock
+from marshmallow import ValidationError
+from simple_websocket import ConnectionClosed, Server
+from werkzeug.routing import WebsocketMismatch
+
+from app import gateway
+from app.api.generate import NativeStreamTranslator, completion_request
+from app.disconnect import CancelRequested, ClientDisconnected, Interrupt, interruptible
+from app.errors import (ApiError, InvalidRequest, ValidationFailed, error_response, from_validation_messages,
+                        internal_error)
+from app.exchange import COMPLETED, Exchange, failures_recorded
+from app.request_id import current_request_id
+from app.schemas import GenerateRequestSchema
+from app.streaming import upstream_events
+from app.upstream import get_upstream
+from app.upstream.models import resolve_model
+
+log = logging.getLogger(__name__)
+
+PATH = "/v1/generate/ws"
+UPSTREAM_PATH = "/v1/completions"
+sock = Sock()
+_schema = GenerateRequestSchema()
+
+
+def init_app(app: Flask) -> None:
+    """Register the WebSocket route, with pings and the body size limit from the settings."""
+    app.config["SOCK_SERVER_OPTIONS"] = {"ping_interval": app.config["WS_PING_INTERVAL"] or None,
+                                         "max_message_size": app.config["MAX_BODY_BYTES"]}
+    sock.init_app(app)
+    app.register_error_handler(WebsocketMismatch, _not_a_websocket_route)
+
+
+def _not_a_websocket_route(exc: WebsocketMismatch):
+    return error_response(InvalidRequest(f"Only {PATH} takes WebSocket connections, and it takes nothing else.",
+                                         code="websocket_mismatch"))
+
+
+@sock.route(PATH)
+def generate_ws(ws: Server) -> None:
+    """Serve generate requests on this connection until the client closes it."""
+    Connection(ws).serve()
+
+
+def parse_message(raw: str | bytes) -> dict[str, Any]:
+    """A client message as a JSON object; InvalidRequest when it is not one."""
+    try:
+        message = json.loads(raw)
+    except ValueError:
+        raise InvalidRequest("Message is not valid JSON.", code="invalid_json") from None
+    if not isinstance(message, dict):
+        raise InvalidRequest("Message must be a JSON object.", code="invalid_json")
+    return message
+
+
+def is_cancel(raw: str | bytes) -> bool:
+    """True for a {"type": "cancel"} message."""
+    try:
+        return parse_message(raw).get("type") == "cancel"
+    except ApiError:
+        return False
+
+
+class Connection:
+    """One client's WebSocket: its queue of requests and the generation running for it."""
+
+    def __init__(self, ws: Server) -> None:
+        self.ws = ws
+        self.pending: deque[str | bytes] = deque()  # messages that arrived during a generation
+        self.generations = 0
+
+    def serve(self) -> None:
+        """Answer each message in turn; return when the client has gone."""
+        try:
+            while True:
+                self.handle(self.pending.popleft() if self.pending else self.ws.receive())
+        except (ClientDisconnected, ConnectionClosed):
+            return
+        except Exception:
+            log.exception("unhandled error on %s", PATH)
+            with suppress(ClientDisconnected):
+                self.send({"type": "error", "error": internal_error().body()["error"]})
+
+    def handle(self, raw: str | bytes) -> None:
+        """Validate one message and run the generation it asks for; errors go back as messages."""
+        request_id = None
+        try:
+            message = parse_message(raw)
+            kind = message.pop("type", "generate")
+            if kind == "cancel":
+                return  # nothing is running (a cancel that crossed its generation's end)
+            if kind != "generate":
+                raise ValidationFailed(f"Unknown message type {kind!r}: send a generate request or "
+                                       '{"type": "cancel"}.', param="type")
+            body = validate(message)
+            self.generations += 1
+            request_id = f"{current_request_id()}-{self.generations}"
+            self.generate(body, request_id)
+        except ApiError as exc:
+            self.send({"type": "error", "id": request_id, "error": exc.body()["error"]})
+
+    def generate(self, body: dict[str, Any], request_id: str) -> None:
+        """Stream one generation as token messages and a last done message (or raise its ApiError)."""
+        payload = completion_request(body, resolve_model(body.get("model"), get_upstream()), stream=True)
+        exchange = gateway.new_exchange(payload, request_id)
+        translator = NativeStreamTranslator()
+        response = None
+        try:
+            with failures_recorded(exchange), cancel_on_message(self.ws, self.pending):
+                response = gateway.open_stream(UPSTREAM_PATH, payload, exchange)
+                for data in upstream_events(response, exchange):
+                    event = translator.event(data)
+                    if event and event.get("text"):
+                        self.send({"type": "token", "id": request_id, "text": event["text"]})
+            exchange.finish(COMPLETED)
+            finish_reason = translator.finish_reason
+        except CancelRequested:
+            finish_reason = "cancelled"
+        finally:
+            if response is not None:
+                response.close()  # a generation cut short: closing makes the upstream abort it
+        self.send({"type": "done", "id": request_id, "finish_reason": finish_reason, "usage": usage(exchange)})
+
+    def send(self, message: dict[str, Any]) -> None:
+        """Send one JSON message; ClientDisconnected when the client has gone."""
+        try:
+            self.ws.send(json.dumps(message))
+        except (ConnectionClosed, OSError):
+            raise ClientDisconnected() from None
+
+
+def validate(message: dict[str, Any]) -> dict[str, Any]:
+    """A generate request checked by the native API's schema; its 422 when invalid."""
+    try:
+        return _schema.load(message)
+    except ValidationError as exc:
+        raise from_validation_messages(422, {"json": exc.messages}) from None
+
+
+def usage(exchange: Exchange) -> dict[str, int]:
+    """The token counts of a finished generation (counted from the stream when it was cut short)."""
+    return {"prompt_tokens": exchange.prompt_tokens, "completion_tokens": exchange.completion_tokens,
+            "total_tokens": exchange.prompt_tokens + exchange.completion_tokens}
+
+
+@contextmanager
+def cancel_on_message(ws: Server, pending: deque[str | bytes]) -> Iterator[None]:
+    """Within this block, a cancel message or the client leaving interrupts the current greenlet.
+
+    A watcher greenlet reads the client's messages meanwhile; other messages are queued in
+    `pending` for after the generation.
+    """
+    with interruptible() as interrupt:
+        watcher = gevent.spawn(_watch, ws, interrupt, pending)
+        try:
+            yield
+        finally:
+            watcher.kill()
+
+
+def _watch(ws: Server, interrupt: Interrupt, pending: deque[str | bytes]) -> None:
+    while True:
+        try:
+            raw = ws.receive()
+        except ConnectionClosed:
+            interrupt(ClientDisconnected())
+            return
+        if is_cancel(raw):
+            interrupt(CancelRequested())
+            return
+        pending.append(raw)
