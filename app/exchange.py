@@ -43,6 +43,8 @@ class Exchange:
     status: int = 200
     error_code: str | None = None
     duration: float = 0.0
+    # What admission (app/admission.py) holds for this generation; given back when it finishes.
+    admission: Any = field(default=None, repr=False, compare=False)
 
     def record_usage(self, usage: Any) -> None:
         """Take the upstream's token counts (a usage object), ignoring anything malformed."""

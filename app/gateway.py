@@ -8,8 +8,9 @@ from __future__ import annotations
 from contextlib import closing
 from typing import Any
 
-from flask import Response, request
+from flask import Response, g, request
 
+from app import admission
 from app.disconnect import ClientDisconnected, cancel_on_disconnect
 from app.errors import ApiError
 from app.exchange import CLIENT_CANCELLED, COMPLETED, UPSTREAM_ERROR, Exchange
@@ -19,18 +20,22 @@ from app.upstream import get_upstream
 
 
 def new_exchange(payload: dict[str, Any]) -> Exchange:
-    """The record of the generation this request asks for."""
+    """The record of the generation this request asks for, once admitted (else 429 or 503)."""
     rule = request.url_rule.rule if request.url_rule else request.path
-    return Exchange(request_id=current_request_id(), route=rule, model=payload["model"],
-                    stream=bool(payload.get("stream")))
+    exchange = Exchange(request_id=current_request_id(), route=rule, model=payload["model"],
+                        stream=bool(payload.get("stream")), key_name=g.get("key_name"))
+    # The one admission call site. What it holds is given back when the exchange finishes,
+    # so from here on every path must finish it (the `except Exception` clauses below).
+    admission.admit(exchange, payload)
+    return exchange
 
 
 def complete(path: str, payload: dict[str, Any]) -> Any:
     """Send a blocking request upstream and return its JSON body."""
     exchange = new_exchange(payload)
-    upstream = get_upstream()
-    exchange.replica = upstream.base_url
     try:
+        upstream = get_upstream()
+        exchange.replica = upstream.base_url
         with cancel_on_disconnect(request.environ):
             with closing(upstream.open(path, payload, request_id=exchange.request_id, stream=False)) as response:
                 result = upstream.read_json(response)
@@ -40,6 +45,9 @@ def complete(path: str, payload: dict[str, Any]) -> Any:
     except ApiError as exc:
         exchange.finish(UPSTREAM_ERROR, exc.status, exc.code)
         raise
+    except Exception:
+        exchange.finish(UPSTREAM_ERROR, 500, "internal_error")
+        raise
     exchange.record_usage(result.get("usage") if isinstance(result, dict) else None)
     exchange.finish(COMPLETED)
     return result
@@ -48,9 +56,9 @@ def complete(path: str, payload: dict[str, Any]) -> Any:
 def stream(path: str, payload: dict[str, Any], transform: EventTransform) -> Response:
     """Open a streaming request upstream and return the SSE response that relays it."""
     exchange = new_exchange(payload)
-    upstream = get_upstream()
-    exchange.replica = upstream.base_url
     try:
+        upstream = get_upstream()
+        exchange.replica = upstream.base_url
         with cancel_on_disconnect(request.environ):
             response = upstream.open(path, payload, request_id=exchange.request_id, stream=True)
     except ClientDisconnected:
@@ -58,5 +66,8 @@ def stream(path: str, payload: dict[str, Any], transform: EventTransform) -> Res
         raise
     except ApiError as exc:
         exchange.finish(UPSTREAM_ERROR, exc.status, exc.code)
+        raise
+    except Exception:
+        exchange.finish(UPSTREAM_ERROR, 500, "internal_error")
         raise
     return relay_response(response, request.environ, transform, exchange)
