@@ -77,6 +77,9 @@ class SharedState:
     def _failed(self, operation: str, exc: Exception) -> None:
         now = time.monotonic()
         self._retry_at = now + RECHECK_AFTER
+        # Idle pooled connections are to the Redis that failed: after a restart each would
+        # fail once more, one recheck interval at a time. Reconnect afresh instead.
+        self.client.connection_pool.disconnect(inuse_connections=False)  # type: ignore[union-attr]
         if self._down_since is None:
             self._down_since = now
             what = ("serving with this process's own limits meanwhile" if self.fail_open
