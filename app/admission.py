@@ -99,20 +99,23 @@ class Admission:
         if self.in_gate:
             self.in_gate = False
             admitter.gate.leave()
-        if self.slot_backend is not None and self.slot is not None:
-            slot, self.slot = self.slot, None
-            admitter.afterwards(self.slot_backend, "slots.release",
-                                lambda c: c.give_slot(admitter.bucket("inflight", self.identity), slot))
-        if self.token_backend is not None and self.reserved:
-            delta, self.reserved = self.tokens_spent(exchange) - self.reserved, 0
+        if self.slot is not None and self.slot_backend is not None:
+            bucket, slot, self.slot = admitter.bucket("inflight", self.identity), self.slot, None
+            admitter.give_back(self.slot_backend, "slots.release", lambda c: c.give_slot(bucket, slot))
+        if self.reserved and self.token_backend is not None:
+            bucket, delta, self.reserved = (admitter.bucket("tokens", self.identity),
+                                            self.tokens_spent(exchange) - self.reserved, 0)
             if delta:
-                admitter.afterwards(self.token_backend, "tokens.settle",
-                                    lambda c: c.settle(admitter.bucket("tokens", self.identity), delta))
+                admitter.give_back(self.token_backend, "tokens.settle", lambda c: c.settle(bucket, delta))
 
     def tokens_spent(self, exchange: Exchange | None) -> int:
-        """Prompt plus completion tokens: the upstream's count, or for a cut stream what was relayed."""
-        if exchange is None or not exchange.completion_tokens:
-            return exchange.prompt_tokens if exchange else 0
+        """Prompt plus completion tokens: the upstream's count, or for a cut stream an estimate and what was relayed."""
+        if exchange is None:
+            return 0  # refused before it began
+        if not exchange.completion_tokens:
+            return exchange.prompt_tokens  # nothing generated: the upstream failed or refused it
+        # A stream cut before its usage chunk has no prompt count (Exchange.finish counted
+        # its relayed events as its completion): take the estimate.
         return (exchange.prompt_tokens or self.prompt_estimate) + exchange.completion_tokens
 
 
@@ -180,8 +183,8 @@ class Admitter:
         redis_counters = self.redis
         return self.state.call(operation, lambda: (redis_counters, use(redis_counters)), in_memory)
 
-    def afterwards(self, backend: Counters, operation: str, use: Callable[[Counters], object]) -> None:
-        """A release on the backend that took the hold; never raises (a lost one expires)."""
+    def give_back(self, backend: Counters, operation: str, use: Callable[[Counters], object]) -> None:
+        """Release on the backend that took the hold; never raises (what is lost expires)."""
         if backend is self.memory:
             use(backend)
         else:
@@ -192,10 +195,17 @@ def admit(exchange: Exchange, payload: dict[str, Any]) -> None:
     """Admit this request's generation or refuse it (429, 503); it is released when `exchange` finishes."""
     admitter: Admitter = current_app.extensions[EXTENSION]
     prompt = prompt_estimate(payload)
-    max_tokens = payload.get("max_tokens") or payload.get("max_completion_tokens") or current_app.config["MAX_TOKENS_LIMIT"]
     exchange.admission = g.admission = admitter.admit(
-        client_identity(), prompt=prompt, estimate=prompt + int(max_tokens), tpm=key_limit("tpm"),
+        client_identity(), prompt=prompt, estimate=prompt + max_tokens(payload), tpm=key_limit("tpm"),
         max_concurrent=key_limit("max_concurrent"), environ=request.environ)
+
+
+def max_tokens(payload: dict[str, Any]) -> int:
+    """The most a generation may produce: its max_tokens, else the largest any request may ask for."""
+    value = payload.get("max_tokens") or payload.get("max_completion_tokens")
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return current_app.config["MAX_TOKENS_LIMIT"]
 
 
 @finished.connect
@@ -208,7 +218,8 @@ def _token_headers(response: Response) -> Response:
     admission: Admission | None = g.get("admission")
     if admission is not None and admission.token_limit:
         response.headers["X-RateLimit-Limit-Tokens"] = str(admission.token_limit)
-        response.headers["X-RateLimit-Remaining-Tokens"] = str(max(0, admission.token_limit - int(admission.tokens_used)))
+        remaining = max(0, admission.token_limit - int(admission.tokens_used))
+        response.headers["X-RateLimit-Remaining-Tokens"] = str(remaining)
     return response
 
 

@@ -67,7 +67,7 @@ class KeyRecord:
     @classmethod
     def from_json(cls, data: Any) -> KeyRecord:
         """A record from its JSON form; KeyStoreError naming the problem when it is not one."""
-        if not isinstance(data, dict) or not isinstance(data.get("name"), str) or not isinstance(data.get("sha256"), str):
+        if not (isinstance(data, dict) and isinstance(data.get("name"), str) and isinstance(data.get("sha256"), str)):
             raise KeyStoreError(f"not a key record (needs a name and a sha256): {data!r:.80}")
         limits = {f: data.get(f) for f in LIMIT_FIELDS}
         if any(v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0) for v in limits.values()):
@@ -248,7 +248,7 @@ class KeyRing:
 
     def revoke(self, name: str) -> bool:
         """Revoke `name` wherever it is stored; False when no store has it."""
-        return any([store.revoke(name) for store in self.stores])
+        return any([store.revoke(name) for store in self.stores])  # a list: every store, no short cut
 
     def records(self) -> list[tuple[str, KeyRecord]]:
         """(store kind, record) for every key, revoked ones included."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Callable
 
 import redis
 
@@ -74,7 +75,7 @@ def revoke_key(args: argparse.Namespace) -> int:
     return _with_ring(revoke)
 
 
-def _with_ring(action) -> int:
+def _with_ring(action: Callable[[KeyRing], int]) -> int:
     """Run `action` on the configured key stores; errors as one line on stderr and status 1."""
     try:
         settings = config.load()
