@@ -29,10 +29,14 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings["MAX_BODY_BYTES"]
     logging.getLogger("app").setLevel(settings["LOG_LEVEL"].upper())
 
-    from app import proxies, request_id, upstream
+    from app import admission, auth, limits, proxies, request_id, shared_state, upstream
     from app.api import generate, health, openai, ws
 
     request_id.init_app(app)
+    shared_state.init_app(app)  # Redis, if configured, and its outage policy: before its users below
+    auth.init_app(app)  # before limits: they count per key
+    limits.init_app(app)
+    admission.init_app(app)
     upstream.init_app(app)
     app.before_request(_require_json_body)
 

@@ -5,6 +5,7 @@ in the gunicorn master, before gevent patches the standard library in each worke
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
@@ -141,6 +142,38 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ENGINE_STATE_FILE", str, "",
             "JSON file where the engine supervisor records the engine's state; /readyz reports it. "
             "Set by `sluice serve`."),
+    # --- access control and fairness (docs/security.md) ---
+    Setting("KEYS_FILE", str, "",
+            "JSON file of API keys (stored as SHA-256 hashes), written by `sluice keys`. Setting it, or "
+            "REDIS_URL, makes every API request need a key."),
+    Setting("REDIS_URL", str, "",
+            "Redis for API keys, request and token limits and in-flight counts shared by every worker and "
+            "host, e.g. redis://127.0.0.1:6379/0. Empty: limits are counted per worker process."),
+    Setting("REDIS_TIMEOUT", float, 1.0, "Seconds to connect to Redis, or to wait for its answer, before it "
+            "counts as down.", minimum=0.001),
+    Setting("REDIS_FAILURE_MODE", str, "open",
+            "When Redis is down: `open` keeps serving with per-process limits (a warning is logged), "
+            "`closed` refuses with 503. Unknown keys are never let in either way.", choices=("open", "closed")),
+    Setting("ALLOW_UNAUTHENTICATED", bool, False,
+            "Allow serving without API keys on an address other than loopback. Without it, a gateway "
+            "with no keys configured refuses to start there."),
+    Setting("DEFAULT_RPM", int, 0, "Requests per minute for a key (or, without keys, a client address) whose "
+            "record sets none. 0: no limit.", minimum=0),
+    Setting("DEFAULT_TPM", int, 0, "Tokens (prompt plus completion) per TOKEN_WINDOW seconds for a key whose "
+            "record sets none. 0: no limit.", minimum=0),
+    Setting("DEFAULT_MAX_CONCURRENT", int, 0, "Generations in flight at once for a key whose record sets none. "
+            "0: no limit.", minimum=0),
+    Setting("TOKEN_WINDOW", float, 60.0, "Seconds of the token-limit window (tpm counts tokens per window).",
+            minimum=1),
+    Setting("KEY_SLOT_TTL", float, 900.0,
+            "Seconds after which a key's in-flight slot frees itself if its worker died without releasing it; "
+            "longer than the longest generation.", minimum=1),
+    Setting("MAX_IN_FLIGHT", int, 256, "Generations a worker runs at once; more wait in its admission queue.",
+            minimum=1),
+    Setting("ADMISSION_QUEUE", int, 256,
+            "Requests a worker lets wait for a free generation slot; beyond that, 503 at once.", minimum=0),
+    Setting("ADMISSION_TIMEOUT", float, 10.0, "Seconds a request waits for a free generation slot before 503.",
+            minimum=0.001),
 )
 
 SETTINGS_BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
@@ -165,7 +198,50 @@ def load(overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] 
             resolved[setting.name] = setting.coerce(raw)
         except ValueError as exc:
             raise ConfigError(f"{source}: {exc}") from None
+    _refuse_open_exposure(resolved)
     return resolved
+
+
+def authentication_required(settings: Mapping[str, Any]) -> bool:
+    """True when a key store is configured: then every API request needs a key."""
+    return bool(settings["KEYS_FILE"] or settings["REDIS_URL"])
+
+
+def is_loopback_bind(address: str) -> bool:
+    """True when a gunicorn bind address (host:port, [v6]:port, unix:path) only accepts local clients."""
+    address = address.strip()
+    if address.startswith("unix:"):
+        return True
+    if address.startswith("["):
+        host = address[1:address.find("]")]
+    elif address.count(":") == 1:
+        host = address.split(":")[0]
+    else:
+        host = address  # a bare host (gunicorn's default port) or a bare IPv6 address
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        # Empty (every interface), fd://, or a host name: nothing proves it stays local.
+        return False
+
+
+def exposed_binds(settings: Mapping[str, Any]) -> list[str]:
+    """The bind addresses that accept clients from other machines."""
+    return [a.strip() for a in settings["BIND"].split(",") if not is_loopback_bind(a)]
+
+
+def _refuse_open_exposure(settings: Mapping[str, Any]) -> None:
+    # Checked here, where gunicorn.conf.py and create_app both load the settings, so neither can
+    # start a gateway that anyone on the network could use without a key.
+    exposed = exposed_binds(settings)
+    if exposed and not authentication_required(settings) and not settings["ALLOW_UNAUTHENTICATED"]:
+        raise ConfigError(
+            f"{ENV_PREFIX}BIND={settings['BIND']!r} accepts clients from other machines ({', '.join(exposed)}) "
+            f"but no API keys are configured ({ENV_PREFIX}KEYS_FILE or {ENV_PREFIX}REDIS_URL): refusing to "
+            f"serve without authentication. Configure keys, bind 127.0.0.1, or set "
+            f"{ENV_PREFIX}ALLOW_UNAUTHENTICATED=true.")
 
 
 def markdown_table() -> str:

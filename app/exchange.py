@@ -48,6 +48,8 @@ class Exchange:
     status: int = 200
     error_code: str | None = None
     duration: float = 0.0
+    # What admission (app/admission.py) holds for this generation; given back when it finishes.
+    admission: Any = field(default=None, repr=False, compare=False)
 
     def record_usage(self, usage: Any) -> None:
         """Take the upstream's token counts (a usage object), ignoring anything malformed."""
@@ -93,4 +95,8 @@ def failures_recorded(exchange: Exchange) -> Iterator[None]:
         raise
     except (ClientCancelled, GeneratorExit):  # GeneratorExit: a write to the client failed
         exchange.finish(CLIENT_CANCELLED, CLIENT_CLOSED_STATUS)
+        raise
+    except Exception:
+        # A bug of ours: still finish, so that admission gives back what it holds.
+        exchange.finish(UPSTREAM_ERROR, 500, "internal_error")
         raise

@@ -10,8 +10,9 @@ from contextlib import closing
 from typing import Any
 
 import requests
-from flask import Response, request
+from flask import Response, g, request
 
+from app import admission
 from app.disconnect import cancel_on_disconnect
 from app.exchange import COMPLETED, Exchange, failures_recorded
 from app.request_id import current_request_id
@@ -20,18 +21,25 @@ from app.upstream import get_upstream
 
 
 def new_exchange(payload: dict[str, Any], request_id: str | None = None) -> Exchange:
-    """The record of the generation this request asks for (under `request_id`, default the request's)."""
+    """The record of the generation this request asks for, once admitted (else 429 or 503).
+
+    `request_id` defaults to the request's (a WebSocket runs several generations per request).
+    """
     rule = request.url_rule.rule if request.url_rule else request.path
-    return Exchange(request_id=request_id or current_request_id(), route=rule, model=payload["model"],
-                    stream=bool(payload.get("stream")))
+    exchange = Exchange(request_id=request_id or current_request_id(), route=rule, model=payload["model"],
+                        stream=bool(payload.get("stream")), key_name=g.get("key_name"))
+    # The one admission call site. What it holds is given back when the exchange finishes,
+    # so from here on every path must finish it (failures_recorded does, for any exception).
+    admission.admit(exchange, payload)
+    return exchange
 
 
 def complete(path: str, payload: dict[str, Any]) -> Any:
     """Send a blocking request upstream and return its JSON body."""
     exchange = new_exchange(payload)
-    upstream = get_upstream()
-    exchange.replica = upstream.base_url
     with failures_recorded(exchange), cancel_on_disconnect(request.environ):
+        upstream = get_upstream()
+        exchange.replica = upstream.base_url
         with closing(upstream.open(path, payload, request_id=exchange.request_id, stream=False)) as response:
             result = upstream.read_json(response)
     exchange.record_usage(result.get("usage") if isinstance(result, dict) else None)
@@ -41,9 +49,9 @@ def complete(path: str, payload: dict[str, Any]) -> Any:
 
 def open_stream(path: str, payload: dict[str, Any], exchange: Exchange) -> requests.Response:
     """Open a streaming request upstream for `exchange`; a failure finishes the exchange and is raised."""
-    upstream = get_upstream()
-    exchange.replica = upstream.base_url
     with failures_recorded(exchange):
+        upstream = get_upstream()
+        exchange.replica = upstream.base_url
         return upstream.open(path, payload, request_id=exchange.request_id, stream=True)
 
 

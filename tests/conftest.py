@@ -28,3 +28,20 @@ def app(make_app):
 @pytest.fixture
 def client(app):
     return app.test_client()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A real redis-server for the session; tests that stop Redis start their own."""
+    from tests.servers import Redis
+
+    server = Redis(log=tmp_path_factory.mktemp("redis") / "redis.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_client(redis_server):
+    """The session's Redis, emptied for this test."""
+    redis_server.client.flushdb()
+    return redis_server.client

@@ -1,4 +1,4 @@
-"""Start the real processes tests need (gunicorn, the simulator), wait for them, stop them."""
+"""Start the real processes tests need (gunicorn, the simulator, Redis), wait for them, stop them."""
 from __future__ import annotations
 
 import os
@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import redis
 import requests
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,3 +116,22 @@ class Gateway(Service):
         env = {"SLUICE_BIND": f"127.0.0.1:{self.port}", "SLUICE_WORKERS": "1", **settings}
         super().__init__("gateway", [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py"], env=env, log=log)
         wait_until(lambda: requests.get(self.url + "/healthz", timeout=1).ok, timeout, "gateway", self.proc)
+
+
+class Redis(Service):
+    """A throwaway redis-server on a free loopback port: no persistence, nothing left on disk."""
+
+    def __init__(self, port: int | None = None, log: Path | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        super().__init__("redis", ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                                   "--save", "", "--appendonly", "no"], log=log)
+        self.client = redis.Redis.from_url(self.url, socket_timeout=5)
+        wait_until(self._answers, 10, "redis", self.proc)
+
+    def _answers(self) -> bool:
+        try:
+            return bool(self.client.ping())
+        except redis.RedisError:
+            return False
+

@@ -1,0 +1,231 @@
+"""Admission: whether a generation may start now, and giving back what it held when it ends.
+
+`admit` is called once per generation, from app/gateway.py, before anything goes upstream:
+1. the caller's cap on generations in flight (429 at the cap),
+2. the caller's token budget for the window, reserved at an estimate (429 when spent),
+3. this worker's bound on generations in flight, with a bounded, timed wait (503 when full).
+What it holds is given back when the generation's Exchange finishes (for a stream, when
+the relay ends, however it ends), and the token reservation is settled to the real count.
+"""
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable, TypeVar
+
+from flask import Flask, Response, current_app, g, request
+from gevent.lock import BoundedSemaphore
+
+from app.auth import client_identity, key_limit
+from app.counters import Counters, MemoryCounters, RedisCounters
+from app.disconnect import cancel_on_disconnect
+from app.errors import RateLimited, Unavailable
+from app.exchange import Exchange, finished
+from app.shared_state import SharedState, get_shared_state
+
+EXTENSION = "sluice.admission"
+T = TypeVar("T")
+CHARS_PER_TOKEN = 4  # a rough, tokenizer-free estimate; settled to the upstream's count afterwards
+
+
+class WorkerGate:
+    """This worker's bound on generations in flight, with a bounded queue and a timed wait."""
+
+    def __init__(self, slots: int, queue: int, timeout: float) -> None:
+        self._slots = BoundedSemaphore(slots)
+        self._queue = queue
+        self._timeout = timeout
+        self.waiting = 0
+
+    def try_enter(self) -> bool:
+        """Take a slot if one is free now."""
+        return self._slots.acquire(blocking=False)
+
+    def wait(self) -> None:
+        """Wait for a slot, up to the timeout, in a queue of bounded length; 503 when neither works out."""
+        retry = {"Retry-After": str(max(1, math.ceil(self._timeout)))}
+        if self.waiting >= self._queue:
+            raise Unavailable("The gateway is at capacity; retry shortly.", code="gateway_full", headers=retry)
+        self.waiting += 1
+        try:
+            admitted = self._slots.acquire(timeout=self._timeout)
+        finally:
+            self.waiting -= 1
+        if not admitted:
+            raise Unavailable(f"No generation slot freed within {self._timeout:g} s; retry shortly.",
+                              code="gateway_busy", headers=retry)
+
+    def leave(self) -> None:
+        self._slots.release()
+
+
+def prompt_estimate(payload: dict[str, Any]) -> int:
+    """Tokens in a completion's prompt or a chat's messages, estimated from their length."""
+    chars = _text_length(payload.get("prompt")) + _text_length(payload.get("messages"))
+    return math.ceil(chars / CHARS_PER_TOKEN)
+
+
+def _text_length(value: Any) -> int:
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return CHARS_PER_TOKEN  # a token id
+    if isinstance(value, list):
+        return sum(_text_length(item) for item in value)
+    if isinstance(value, dict):  # a chat message, or a content part
+        return _text_length(value.get("content")) + _text_length(value.get("text"))
+    return 0
+
+
+@dataclass
+class Admission:
+    """What one generation holds: a worker slot, a key slot, a token reservation."""
+
+    admitter: Admitter
+    identity: str
+    prompt_estimate: int
+    in_gate: bool = False
+    slot: str | None = None
+    slot_backend: Counters | None = None
+    reserved: int = 0
+    token_limit: int = 0
+    tokens_used: float = 0  # in the window, this reservation included
+    token_backend: Counters | None = None
+
+    def release(self, exchange: Exchange | None) -> None:
+        """Give everything back; settle the token reservation to what `exchange` really used."""
+        admitter = self.admitter
+        if self.in_gate:
+            self.in_gate = False
+            admitter.gate.leave()
+        if self.slot is not None and self.slot_backend is not None:
+            bucket, slot, self.slot = admitter.bucket("inflight", self.identity), self.slot, None
+            admitter.give_back(self.slot_backend, "slots.release", lambda c: c.give_slot(bucket, slot))
+        if self.reserved and self.token_backend is not None:
+            bucket, delta, self.reserved = (admitter.bucket("tokens", self.identity),
+                                            self.tokens_spent(exchange) - self.reserved, 0)
+            if delta:
+                admitter.give_back(self.token_backend, "tokens.settle", lambda c: c.settle(bucket, delta))
+
+    def tokens_spent(self, exchange: Exchange | None) -> int:
+        """Prompt plus completion tokens: the upstream's count, or for a cut stream an estimate and what was relayed."""
+        if exchange is None:
+            return 0  # refused before it began
+        if not exchange.completion_tokens:
+            return exchange.prompt_tokens  # nothing generated: the upstream failed or refused it
+        # A stream cut before its usage chunk has no prompt count (Exchange.finish counted
+        # its relayed events as its completion): take the estimate.
+        return (exchange.prompt_tokens or self.prompt_estimate) + exchange.completion_tokens
+
+
+class Admitter:
+    """Per-app admission: the worker gate, and the counters in Redis or (fallback) in memory."""
+
+    def __init__(self, state: SharedState, gate: WorkerGate, *, token_window: float, slot_ttl: float) -> None:
+        self.state = state
+        self.gate = gate
+        self.token_window = token_window
+        self.slot_ttl = slot_ttl
+        self.memory = MemoryCounters()
+        self.redis = RedisCounters(state.client) if state.client is not None else None
+
+    @staticmethod
+    def bucket(kind: str, identity: str) -> str:
+        return f"sluice:{kind}:{identity}"
+
+    def admit(self, identity: str, *, prompt: int, estimate: int, tpm: int, max_concurrent: int,
+              environ: dict[str, Any]) -> Admission:
+        """Hold what a generation needs, or raise 429/503 holding nothing."""
+        admission = Admission(self, identity, prompt)
+        try:
+            if max_concurrent:
+                self._take_slot(admission, max_concurrent)
+            if tpm:
+                self._reserve(admission, estimate, tpm)
+            if not self.gate.try_enter():
+                with cancel_on_disconnect(environ):  # a client that leaves while queued frees its place
+                    self.gate.wait()
+            admission.in_gate = True
+        except BaseException:
+            admission.release(None)
+            raise
+        return admission
+
+    def _take_slot(self, admission: Admission, cap: int) -> None:
+        slot = uuid.uuid4().hex
+        bucket = self.bucket("inflight", admission.identity)
+        backend, taken = self._on_counters("slots.take", lambda c: c.take_slot(bucket, slot, cap, self.slot_ttl))
+        if not taken:
+            raise RateLimited(f"This key already has {cap} generations in flight, its limit; retry when one ends.",
+                              code="concurrency_limit_exceeded", headers={"Retry-After": "1"})
+        admission.slot, admission.slot_backend = slot, backend
+
+    def _reserve(self, admission: Admission, estimate: int, limit: int) -> None:
+        bucket = self.bucket("tokens", admission.identity)
+        backend, (fits, value) = self._on_counters(
+            "tokens.reserve", lambda c: c.reserve(bucket, estimate, limit, self.token_window))
+        if not fits:
+            alone = " (more than the whole limit: lower max_tokens)" if estimate > limit else ""
+            raise RateLimited(
+                f"Token limit of {limit} per {self.token_window:g} s reached for this key: this request may use "
+                f"about {estimate} tokens{alone}.", code="token_limit_exceeded",
+                headers={"Retry-After": str(max(1, math.ceil(value))), "X-RateLimit-Limit-Tokens": str(limit)})
+        admission.reserved, admission.token_limit, admission.tokens_used = estimate, limit, value
+        admission.token_backend = backend
+
+    def _on_counters(self, operation: str, use: Callable[[Counters], T]) -> tuple[Counters, T]:
+        """use(Redis counters), or this process's when Redis is absent or down and failing open."""
+        def in_memory() -> tuple[Counters, T]:
+            return self.memory, use(self.memory)
+        if self.redis is None:
+            return in_memory()
+        redis_counters = self.redis
+        return self.state.call(operation, lambda: (redis_counters, use(redis_counters)), in_memory)
+
+    def give_back(self, backend: Counters, operation: str, use: Callable[[Counters], object]) -> None:
+        """Release on the backend that took the hold; never raises (what is lost expires)."""
+        if backend is self.memory:
+            use(backend)
+        else:
+            self.state.best_effort(operation, lambda: use(backend))
+
+
+def admit(exchange: Exchange, payload: dict[str, Any]) -> None:
+    """Admit this request's generation or refuse it (429, 503); it is released when `exchange` finishes."""
+    admitter: Admitter = current_app.extensions[EXTENSION]
+    prompt = prompt_estimate(payload)
+    exchange.admission = g.admission = admitter.admit(
+        client_identity(), prompt=prompt, estimate=prompt + max_tokens(payload), tpm=key_limit("tpm"),
+        max_concurrent=key_limit("max_concurrent"), environ=request.environ)
+
+
+def max_tokens(payload: dict[str, Any]) -> int:
+    """The most a generation may produce: its max_tokens, else the largest any request may ask for."""
+    value = payload.get("max_tokens") or payload.get("max_completion_tokens")
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return current_app.config["MAX_TOKENS_LIMIT"]
+
+
+@finished.connect
+def _release(exchange: Exchange) -> None:
+    if isinstance(exchange.admission, Admission):
+        exchange.admission.release(exchange)
+
+
+def _token_headers(response: Response) -> Response:
+    admission: Admission | None = g.get("admission")
+    if admission is not None and admission.token_limit:
+        response.headers["X-RateLimit-Limit-Tokens"] = str(admission.token_limit)
+        remaining = max(0, admission.token_limit - int(admission.tokens_used))
+        response.headers["X-RateLimit-Remaining-Tokens"] = str(remaining)
+    return response
+
+
+def init_app(app: Flask) -> None:
+    """Create this worker's gate and counters."""
+    gate = WorkerGate(app.config["MAX_IN_FLIGHT"], app.config["ADMISSION_QUEUE"], app.config["ADMISSION_TIMEOUT"])
+    app.extensions[EXTENSION] = Admitter(get_shared_state(app), gate, token_window=app.config["TOKEN_WINDOW"],
+                                         slot_ttl=app.config["KEY_SLOT_TTL"])
+    app.after_request(_token_headers)

@@ -1,0 +1,140 @@
+"""Who is calling: `Authorization: Bearer KEY`, checked against the key stores before any view.
+
+Sets `g.key_name` and `g.key_record` for the rest of the request (limits, logs, metrics).
+Without a key store configured there is no authentication, and app/config.py has made
+sure the gateway then listens on loopback only (or was explicitly told otherwise).
+"""
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, current_app, g, request
+
+from app import config
+from app.errors import Unauthorized, Unavailable
+from app.keys import KeyRecord, KeyRing, KeyStoreError, hash_key
+from app.shared_state import SharedState, get_shared_state, unavailable
+
+log = logging.getLogger(__name__)
+
+EXTENSION = "sluice.auth"
+# Probes, metrics (its own token) and the API's documentation stay open.
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"})
+# Query parameters clients put keys in. Refused: URLs end up in access logs and browser history.
+KEY_PARAMS = frozenset({"api_key", "apikey", "api-key", "key", "token", "access_token"})
+_CHALLENGE = 'Bearer realm="sluice"'
+
+
+def is_open_path() -> bool:
+    """Whether this request's path is served without a key."""
+    path = request.path.rstrip("/") or "/"
+    return path in OPEN_PATHS or path.startswith("/docs/")
+
+
+def client_identity() -> str:
+    """Whom limits count this request against: its key, or without keys its address."""
+    name = g.get("key_name")
+    return f"key:{name}" if name else f"addr:{request.remote_addr}"
+
+
+def key_limit(field: str) -> int:
+    """This caller's limit `field` (rpm, tpm, max_concurrent): its key's own, else the default; 0 is none."""
+    record: KeyRecord | None = g.get("key_record")
+    own = getattr(record, field) if record is not None else None
+    return own if own is not None else current_app.config[f"DEFAULT_{field.upper()}"]
+
+
+def refused(message: str, *, invalid: bool = False) -> Unauthorized:
+    """A 401 with the Bearer challenge (RFC 6750), in the one error shape."""
+    challenge = _CHALLENGE + (', error="invalid_token"' if invalid else "")
+    return Unauthorized(message, headers={"WWW-Authenticate": challenge})
+
+
+def bearer_key(header: str | None) -> str:
+    """The key in an Authorization header value; a 401 saying what is wrong otherwise."""
+    if not header:
+        raise refused("Missing API key: send it as `Authorization: Bearer KEY`.")
+    scheme, _, key = header.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        raise refused("The Authorization header must use the Bearer scheme: `Authorization: Bearer KEY`.")
+    key = key.strip()
+    if not key:
+        raise refused("Empty API key in the Authorization header.", invalid=True)
+    return key
+
+
+class Authenticator:
+    """Finds a key's record (keys file first, then Redis) and refuses unknown or revoked keys."""
+
+    def __init__(self, ring: KeyRing, state: SharedState) -> None:
+        self.ring = ring
+        self.state = state
+        # Records this worker last read from Redis: used only while Redis is down and the
+        # policy is to fail open, so known keys keep working. Holds valid keys only.
+        self._last_known: dict[str, KeyRecord] = {}
+
+    def authenticate(self, header: str | None) -> KeyRecord:
+        """The record of the key in `header`; 401 when there is no valid, unrevoked key."""
+        key_hash = hash_key(bearer_key(header))
+        record = self._find(key_hash)
+        if record is None or record.revoked or not record.matches(key_hash):
+            raise refused("Invalid or revoked API key.", invalid=True)
+        return record
+
+    def _find(self, key_hash: str) -> KeyRecord | None:
+        try:
+            record = self.ring.file.lookup(key_hash) if self.ring.file else None
+            if record is None and self.ring.redis is not None:
+                record = self.state.call("keys.lookup", lambda: self._read_redis(key_hash),
+                                         lambda: self._recall(key_hash))
+        except KeyStoreError as exc:
+            log.error("key store unusable: %s", exc)
+            raise Unavailable("The gateway cannot read its API keys; retry shortly.",
+                              code="key_store_unavailable", headers={"Retry-After": "5"}) from None
+        return record
+
+    def _read_redis(self, key_hash: str) -> KeyRecord | None:
+        record = self.ring.redis.lookup(key_hash)  # type: ignore[union-attr]
+        if record is not None and not record.revoked:
+            self._last_known[key_hash] = record
+        else:
+            self._last_known.pop(key_hash, None)
+        return record
+
+    def _recall(self, key_hash: str) -> KeyRecord:
+        record = self._last_known.get(key_hash)
+        if record is None:
+            # A key this worker has not seen cannot be told from a wrong one: never let it in.
+            raise unavailable()
+        return record
+
+
+def init_app(app: Flask) -> None:
+    """Require a key on every request but the open paths, when a key store is configured."""
+    if config.authentication_required(app.config):
+        ring = KeyRing.from_settings(app.config, get_shared_state(app).client)
+        if ring.file is not None:
+            ring.file.records()  # an unreadable keys file stops the start, with its reason
+            if not ring.file.path.exists():
+                log.warning("keys file %s does not exist: every request is refused until "
+                            "`sluice keys create` makes a key", ring.file.path)
+        app.extensions[EXTENSION] = Authenticator(ring, get_shared_state(app))
+    else:
+        app.extensions[EXTENSION] = None
+        exposed = config.exposed_binds(app.config)
+        where = f"on {', '.join(exposed)} (SLUICE_ALLOW_UNAUTHENTICATED=true)" if exposed else "on loopback only"
+        log.warning("no API keys configured (SLUICE_KEYS_FILE, SLUICE_REDIS_URL): serving WITHOUT "
+                    "authentication, %s", where)
+    app.before_request(_authenticate)
+
+
+def _authenticate() -> None:
+    authenticator: Authenticator | None = current_app.extensions[EXTENSION]
+    if authenticator is None or is_open_path():
+        return
+    if KEY_PARAMS.intersection(k.lower() for k in request.args):
+        raise refused("API keys are not accepted in the URL (URLs end up in logs): "
+                      "send `Authorization: Bearer KEY` instead.", invalid=True)
+    record = authenticator.authenticate(request.headers.get("Authorization"))
+    g.key_name = record.name
+    g.key_record = record

@@ -1,0 +1,51 @@
+"""Token windows and in-flight slots behave the same in Redis (Lua) and in memory (the fallback)."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from app.counters import MemoryCounters, RedisCounters
+
+
+@pytest.fixture(params=["memory", "redis"])
+def counters(request):
+    if request.param == "memory":
+        return MemoryCounters()
+    return RedisCounters(request.getfixturevalue("redis_client"))
+
+
+def test_reservations_fit_under_the_limit_then_wait_for_the_window(counters):
+    assert counters.reserve("t", 60, 100, 30) == (True, 60)
+    fits, wait = counters.reserve("t", 60, 100, 30)
+    assert not fits and 0 < wait <= 30
+    assert counters.reserve("t", 40, 100, 30) == (True, 100)
+    assert counters.reserve("other", 100, 100, 30)[0], "windows are per bucket"
+
+
+def test_settling_corrects_the_reservation(counters):
+    counters.reserve("t", 90, 100, 30)
+    counters.settle("t", -80)  # the generation used 10, not 90
+    assert counters.reserve("t", 85, 100, 30) == (True, 95)
+
+
+def test_a_new_window_starts_when_the_old_one_ends(counters):
+    counters.reserve("t", 100, 100, 0.2)
+    assert not counters.reserve("t", 1, 100, 0.2)[0]
+    time.sleep(0.25)
+    counters.settle("t", 50)  # a late settlement does not revive an ended window
+    assert counters.reserve("t", 100, 100, 0.2) == (True, 100)
+
+
+def test_slots_up_to_the_cap_then_freed_by_release(counters):
+    assert counters.take_slot("s", "a", 2, 30) and counters.take_slot("s", "b", 2, 30)
+    assert not counters.take_slot("s", "c", 2, 30)
+    counters.give_slot("s", "a")
+    assert counters.take_slot("s", "c", 2, 30)
+
+
+def test_a_slot_never_released_expires_on_its_own(counters):
+    assert counters.take_slot("s", "lost", 1, 0.2)
+    assert not counters.take_slot("s", "next", 1, 0.2)
+    time.sleep(0.25)
+    assert counters.take_slot("s", "next", 1, 0.2)
