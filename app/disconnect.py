@@ -39,7 +39,9 @@ def cancel_on_disconnect(environ: dict[str, Any]) -> Iterator[None]:
         yield
     finally:
         guard.active = False
-        watcher.kill(block=False)
+        # Wait for the watcher to die: while it still waits on the socket, gunicorn's read of
+        # the next request on a keep-alive connection fails (ConcurrentObjectUseError, a 500).
+        watcher.kill()
 
 
 def _watch(client_socket: socket.socket, request_greenlet: Any, guard: _Guard) -> None:
