@@ -1,11 +1,9 @@
 """Sluice: a Flask gateway in front of GPU inference servers (vLLM, Ollama)."""
 from __future__ import annotations
 
-import logging
 from typing import Any, Mapping
 
 from flask import Flask, request
-from flask_smorest import Api
 
 from app import config, errors
 from app.errors import UnsupportedMediaType
@@ -27,17 +25,20 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     app.config.update(settings)
     app.config.update(API_SPEC)
     app.config["MAX_CONTENT_LENGTH"] = settings["MAX_BODY_BYTES"]
-    logging.getLogger("app").setLevel(settings["LOG_LEVEL"].upper())
 
-    from app import request_id, upstream
-    from app.api import generate, health
+    from app import instrument, logs, request_id, upstream
+    from app.api import generate, health, metrics
+    from app.docs import Api
 
+    logs.init_app(app)
     request_id.init_app(app)
+    instrument.init_app(app)
     upstream.init_app(app)
     app.before_request(_require_json_body)
 
-    api = Api(app)
+    api = Api(app)  # /openapi.json and /docs
     api.register_blueprint(health.blp)
+    api.register_blueprint(metrics.blp)
     api.register_blueprint(generate.blp)
     errors.register(app)  # after Api(): replaces flask-smorest's own error handler
     return app

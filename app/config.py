@@ -102,6 +102,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("HEARTBEAT_INTERVAL", float, 15.0,
             "Seconds between SSE comment lines sent while a stream waits for the upstream, so that "
             "idle-timeout proxies keep it open. 0 turns them off.", minimum=0),
+    # --- observability (metrics, logs) ---
+    Setting("METRICS_TOKEN", str, "",
+            "Bearer token GET /metrics requires. Empty: /metrics is open (keep it off the public network)."),
+    Setting("METRICS_DIR", str, "",
+            "Folder where gunicorn workers keep their metrics (prometheus-client multiprocess mode); emptied "
+            "at start. Empty: a new folder in the system temp folder, removed at exit."),
     # --- the embedded engine (`sluice serve` without SLUICE_UPSTREAM_URL) ---
     Setting("ENGINE_HOME", str, "",
             "Folder for the engine's virtual environment and converted model. Empty: ~/.cache/sluice."),

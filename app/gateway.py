@@ -8,7 +8,7 @@ from __future__ import annotations
 from contextlib import closing
 from typing import Any
 
-from flask import Response, request
+from flask import Response, g, request
 
 from app.disconnect import ClientDisconnected, cancel_on_disconnect
 from app.errors import ApiError
@@ -18,20 +18,21 @@ from app.streaming import CLIENT_CLOSED_STATUS, EventTransform, relay_response
 from app.upstream import get_upstream
 
 
-def new_exchange(payload: dict[str, Any]) -> Exchange:
-    """The record of the generation this request asks for."""
+def new_exchange(payload: dict[str, Any], replica: str) -> Exchange:
+    """The record of the generation this request asks for, kept on `g` for the after-request hooks."""
     rule = request.url_rule.rule if request.url_rule else request.path
-    return Exchange(request_id=current_request_id(), route=rule, model=payload["model"],
-                    stream=bool(payload.get("stream")))
+    # key_name: set on `g` by access control; None for an anonymous request.
+    g.exchange = Exchange(request_id=current_request_id(), route=rule, model=payload["model"],
+                          stream=bool(payload.get("stream")), key_name=g.get("key_name"), replica=replica)
+    return g.exchange
 
 
 def complete(path: str, payload: dict[str, Any]) -> Any:
     """Send a blocking request upstream and return its JSON body."""
-    exchange = new_exchange(payload)
     upstream = get_upstream()
-    exchange.replica = upstream.base_url
+    exchange = new_exchange(payload, upstream.base_url)
     try:
-        with cancel_on_disconnect(request.environ):
+        with cancel_on_disconnect(request.environ), exchange.waiting_upstream():
             with closing(upstream.open(path, payload, request_id=exchange.request_id, stream=False)) as response:
                 result = upstream.read_json(response)
     except ClientDisconnected:
@@ -47,11 +48,10 @@ def complete(path: str, payload: dict[str, Any]) -> Any:
 
 def stream(path: str, payload: dict[str, Any], transform: EventTransform) -> Response:
     """Open a streaming request upstream and return the SSE response that relays it."""
-    exchange = new_exchange(payload)
     upstream = get_upstream()
-    exchange.replica = upstream.base_url
+    exchange = new_exchange(payload, upstream.base_url)
     try:
-        with cancel_on_disconnect(request.environ):
+        with cancel_on_disconnect(request.environ), exchange.waiting_upstream():
             response = upstream.open(path, payload, request_id=exchange.request_id, stream=True)
     except ClientDisconnected:
         exchange.finish(CLIENT_CANCELLED, CLIENT_CLOSED_STATUS)
