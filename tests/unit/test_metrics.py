@@ -248,3 +248,14 @@ def test_dashboard_queries_only_metrics_that_exist(client):
     queried = {name for expr in queries for name in re.findall(r"\bsluice_\w+", expr)}
     assert queried <= samples, f"not exposed: {sorted(queried - samples)}"
 
+
+
+def test_every_metric_is_in_the_operators_docs():
+    from prometheus_client.metrics import MetricWrapperBase
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "observability.md").read_text()
+    catalogue = [m for m in vars(metrics).values() if isinstance(m, MetricWrapperBase)]
+    assert len(catalogue) >= 13
+    for metric in catalogue:
+        name = metric._name + ("_total" if metric._type == "counter" else "")
+        row = f"| `{name}` | {metric._type} | {', '.join(metric._labelnames)}".rstrip() + " |"
+        assert row in docs, f"docs/observability.md lacks the row of {name}: {row}"
