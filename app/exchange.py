@@ -1,8 +1,9 @@
 """One generation's record, from the moment it goes upstream to its last byte.
 
 Metrics, logs and token accounting read it when it finishes (the `finished` signal; the
-`opened` signal marks its start), so that the request path itself knows nothing of them. A stream finishes after its view has
-returned, when the relay ends; a blocking generation finishes inside its view.
+`opened` signal marks its start), so that the request path itself knows nothing of them.
+A stream finishes after its view has returned, when the relay ends; a blocking generation
+finishes inside its view.
 """
 from __future__ import annotations
 

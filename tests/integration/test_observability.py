@@ -86,6 +86,11 @@ def send(gw: Gateway, kind: str, request_id: str) -> int:
     return requests.get(gw.url + "/v1/nowhere", headers=headers, timeout=30).status_code
 
 
+def live_gauge_pids(folder: Path) -> set[int]:
+    """The workers that have live gauge files (gauge_livesum_<pid>.db) in the metrics folder."""
+    return {int(name[:-3].rsplit("_", 1)[1]) for name in os.listdir(folder) if name.startswith("gauge_livesum_")}
+
+
 BATCH = {"blocking": 3, "stream": 3, "invalid": 2, "unknown": 1}
 STATUS = {"blocking": 200, "stream": 200, "invalid": 422, "unknown": 404}
 
@@ -143,9 +148,7 @@ def test_counters_add_up_across_both_workers_and_survive_a_worker_death(fresh_ga
     victim = pids.pop()
     os.kill(victim, signal.SIGKILL)
     # The replacement worker has imported the app when its in-flight gauge file appears.
-    live_gauge_pids = lambda: {int(name.rsplit("_", 1)[1][:-3]) for name in os.listdir(tmp_path / "metrics")  # noqa: E731
-                               if name.startswith("gauge_livesum_")}
-    wait_until(lambda: len(live_gauge_pids() - {victim}) == 2, 10, "a replacement worker")
+    wait_until(lambda: len(live_gauge_pids(tmp_path / "metrics") - {victim}) == 2, 10, "a replacement worker")
     assert counts(scrape(gateway)) == expected_counts
     files = os.listdir(tmp_path / "metrics")
     assert any(name.endswith(f"_{victim}.db") for name in files), "the dead worker's counters are kept"
