@@ -27,13 +27,14 @@ $(STAMP): requirements.txt setup.cfg
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
 
-# Redis and nginx from Debian's packages, for the tests that start them for real (openssl makes
-# the nginx tests' throwaway certificate).
+# Redis, nginx, openssl (the nginx tests' throwaway certificate) and headless Chromium
+# (renders /docs) from Debian's packages, for the tests that start them for real.
 system-deps:
-	@if ! command -v redis-server >/dev/null || ! command -v nginx >/dev/null || ! command -v openssl >/dev/null; then \
-		echo "==> installing redis-server, nginx and openssl (apt)"; \
+	@if ! command -v redis-server >/dev/null || ! command -v nginx >/dev/null || ! command -v openssl >/dev/null \
+			|| ! command -v chromium >/dev/null; then \
+		echo "==> installing redis-server, nginx, openssl and chromium (apt)"; \
 		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server nginx openssl; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server nginx openssl chromium; \
 	fi
 
 clean:

@@ -1,19 +1,28 @@
 """Gunicorn settings for Sluice: `gunicorn -c gunicorn.conf.py`.
 
-Values come from the same SLUICE_* settings as the app (app/config.py). That module is
-loaded by file path, not imported as `app.config`: importing the `app` package here would
-import Flask, requests and ssl in the master before gevent patches each worker.
+Values come from the same SLUICE_* settings as the app (app/config.py). That module (and
+app/metrics_dir.py) is loaded by file path, not imported from the `app` package: importing
+the package here would import Flask, requests and ssl in the master before gevent patches
+each worker.
 """
 import importlib.util
 import os
 import resource
 import sys
 
-_spec = importlib.util.spec_from_file_location(
-    "sluice_settings", os.path.join(os.path.dirname(os.path.abspath(__file__)), "app", "config.py"))
-_settings_module = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = _settings_module  # dataclasses look their module up there
-_spec.loader.exec_module(_settings_module)
+
+def _load(name, filename):
+    """A standard-library-only module of the app, loaded by its file path."""
+    spec = importlib.util.spec_from_file_location(
+        name, os.path.join(os.path.dirname(os.path.abspath(__file__)), "app", filename))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+_settings_module = _load("sluice_settings", "config.py")
+_metrics_dir = _load("sluice_metrics_dir", "metrics_dir.py")
 try:
     _settings = _settings_module.load()
 except _settings_module.ConfigError as exc:
@@ -46,3 +55,22 @@ _needed = 2 * worker_connections + 256
 if _soft != resource.RLIM_INFINITY and _soft < _needed:
     _target = _needed if _hard == resource.RLIM_INFINITY else min(_needed, _hard)
     resource.setrlimit(resource.RLIMIT_NOFILE, (_target, _hard))
+
+# --- metrics: one folder for every worker's metrics (prometheus-client multiprocess mode) ---
+# Set here, in the master, so that only gunicorn's workers inherit it: the embedded vLLM is
+# started apart and must not write its own metrics into the folder.
+
+
+def on_starting(server):
+    folder = _settings["METRICS_DIR"] or _metrics_dir.default_folder(_settings["BIND"], os.getpid())
+    _metrics_dir.prepare(folder)
+    os.environ[_metrics_dir.ENV_VAR] = folder
+
+
+def child_exit(server, worker):
+    _metrics_dir.forget_process(os.environ[_metrics_dir.ENV_VAR], worker.pid)
+
+
+def on_exit(server):
+    if not _settings["METRICS_DIR"]:  # a folder of our own, in the temp folder
+        _metrics_dir.remove(os.environ[_metrics_dir.ENV_VAR])

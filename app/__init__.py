@@ -1,11 +1,9 @@
 """Sluice: a Flask gateway in front of GPU inference servers (vLLM, Ollama)."""
 from __future__ import annotations
 
-import logging
 from typing import Any, Mapping
 
 from flask import Flask, request
-from flask_smorest import Api
 
 from app import config, errors
 from app.errors import UnsupportedMediaType
@@ -27,12 +25,14 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     app.config.update(settings)
     app.config.update(API_SPEC)
     app.config["MAX_CONTENT_LENGTH"] = settings["MAX_BODY_BYTES"]
-    logging.getLogger("app").setLevel(settings["LOG_LEVEL"].upper())
 
-    from app import admission, auth, limits, proxies, request_id, shared_state, upstream
-    from app.api import generate, health, openai, ws
+    from app import admission, auth, instrument, limits, logs, proxies, request_id, shared_state, upstream
+    from app.api import generate, health, metrics, openai, ws
+    from app.docs import Api
 
+    logs.init_app(app)
     request_id.init_app(app)
+    instrument.init_app(app)
     shared_state.init_app(app)  # Redis, if configured, and its outage policy: before its users below
     auth.init_app(app)  # before limits: they count per key
     limits.init_app(app)
@@ -40,11 +40,12 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     upstream.init_app(app)
     app.before_request(_require_json_body)
 
-    api = Api(app)
+    api = Api(app)  # /openapi.json and /docs
     api.register_blueprint(health.blp)
+    api.register_blueprint(metrics.blp)
     api.register_blueprint(generate.blp)
     api.register_blueprint(openai.blp)
-    ws.init_app(app)
+    ws.init_app(app, api.spec)
     errors.register(app)  # after Api(): replaces flask-smorest's own error handler
     proxies.init_app(app)  # last: the outermost WSGI layer, so every layer sees the client's address
     return app

@@ -17,6 +17,7 @@ from typing import Any, Callable, TypeVar
 from flask import Flask, Response, current_app, g, request
 from gevent.lock import BoundedSemaphore
 
+from app import metrics
 from app.auth import client_identity, key_limit
 from app.counters import Counters, MemoryCounters, RedisCounters
 from app.disconnect import cancel_on_disconnect
@@ -49,7 +50,8 @@ class WorkerGate:
             raise Unavailable("The gateway is at capacity; retry shortly.", code="gateway_full", headers=retry)
         self.waiting += 1
         try:
-            admitted = self._slots.acquire(timeout=self._timeout)
+            with metrics.waiting():
+                admitted = self._slots.acquire(timeout=self._timeout)
         finally:
             self.waiting -= 1
         if not admitted:

@@ -122,6 +122,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("WS_PING_INTERVAL", float, 25.0,
             "Seconds between pings on /v1/generate/ws, which keep idle connections open through proxies; a "
             "client that has not answered the previous ping is disconnected. 0 turns pings off.", minimum=0),
+    # --- observability (metrics, logs) ---
+    Setting("METRICS_TOKEN", str, "",
+            "Bearer token GET /metrics requires. Empty: /metrics is open (keep it off the public network)."),
+    Setting("METRICS_DIR", str, "",
+            "Folder where gunicorn workers keep their metrics (prometheus-client multiprocess mode); emptied "
+            "at start. Empty: a new folder in the system temp folder, removed at exit."),
     # --- the embedded engine (`sluice serve` without SLUICE_UPSTREAM_URL) ---
     Setting("ENGINE_HOME", str, "",
             "Folder for the engine's virtual environment and converted model. Empty: ~/.cache/sluice."),

@@ -1,13 +1,15 @@
 """One generation's record, from the moment it goes upstream to its last byte.
 
-Metrics, logs and token accounting read it when it finishes (the `finished` signal), so
-that the request path itself knows nothing of them. A stream finishes after its view has
-returned, when the relay ends; a blocking generation finishes inside its view.
+Metrics, logs and token accounting read it when it finishes (the `finished` signal; the
+`opened` signal marks its start), so that the request path itself knows nothing of them.
+A stream finishes after its view has returned, when the relay ends; a blocking generation
+finishes inside its view.
 """
 from __future__ import annotations
 
 import re
 import time
+from array import array
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -18,11 +20,13 @@ from app.disconnect import ClientCancelled
 from app.errors import ApiError
 
 _signals = Namespace()
+opened = _signals.signal("sluice.exchange-opened")
 finished = _signals.signal("sluice.exchange-finished")
 
 COMPLETED = "completed"
 CLIENT_CANCELLED = "client_cancelled"
 UPSTREAM_ERROR = "upstream_error"
+REJECTED = "rejected"  # refused at admission (limits, a full gateway) before going upstream
 CLIENT_CLOSED_STATUS = 499  # nginx's code for "client closed the request"
 
 # A usage object inside a chunk's JSON (vLLM writes "usage": null in the others).
@@ -40,16 +44,23 @@ class Exchange:
     key_name: str | None = None
     replica: str | None = None
     started: float = field(default_factory=time.perf_counter)
-    first_token_at: float | None = None
+    # perf_counter() at each upstream event: one append per token is all the hot path pays;
+    # time to first token and the gaps between tokens are derived from it at the end.
+    arrivals: array = field(default_factory=lambda: array("d"))
+    # Time spent blocked on the upstream (opening it, reading a whole body): the rest of a
+    # request's time is the gateway's own overhead.
+    upstream_seconds: float = 0.0
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    events_relayed: int = 0
     outcome: str | None = None
     status: int = 200
     error_code: str | None = None
     duration: float = 0.0
     # What admission (app/admission.py) holds for this generation; given back when it finishes.
     admission: Any = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        opened.send(self)
 
     def record_usage(self, usage: Any) -> None:
         """Take the upstream's token counts (a usage object), ignoring anything malformed."""
@@ -59,10 +70,21 @@ class Exchange:
 
     def saw_event(self, data: bytes) -> bool:
         """Note one upstream event's arrival; True when it carries the usage object."""
-        if self.first_token_at is None:
-            self.first_token_at = time.perf_counter()
-        self.events_relayed += 1
+        self.arrivals.append(time.perf_counter())
         return _HAS_USAGE.search(data) is not None
+
+    @contextmanager
+    def waiting_upstream(self) -> Iterator[None]:
+        """Count the time inside this block as spent waiting on the upstream."""
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.upstream_seconds += time.perf_counter() - began
+
+    @property
+    def events_relayed(self) -> int:
+        return len(self.arrivals)
 
     @property
     def usage_known(self) -> bool:
@@ -70,7 +92,12 @@ class Exchange:
 
     @property
     def ttft_seconds(self) -> float | None:
-        return None if self.first_token_at is None else self.first_token_at - self.started
+        return self.arrivals[0] - self.started if self.arrivals else None
+
+    def token_gaps(self) -> list[float]:
+        """Seconds between consecutive upstream events (time between tokens)."""
+        times = self.arrivals
+        return [times[i] - times[i - 1] for i in range(1, len(times))]
 
     def finish(self, outcome: str, status: int = 200, error_code: str | None = None) -> None:
         """Close the record once and tell the subscribers (metrics, logs, token limits)."""
@@ -86,12 +113,12 @@ class Exchange:
 
 
 @contextmanager
-def failures_recorded(exchange: Exchange) -> Iterator[None]:
-    """Finish `exchange` with the upstream error or client cancellation that leaves this block."""
+def failures_recorded(exchange: Exchange, outcome: str = UPSTREAM_ERROR) -> Iterator[None]:
+    """Finish `exchange` with the error (as `outcome`) or client cancellation that leaves this block."""
     try:
         yield
     except ApiError as exc:
-        exchange.finish(UPSTREAM_ERROR, exc.status, exc.code)
+        exchange.finish(outcome, exc.status, exc.code)
         raise
     except (ClientCancelled, GeneratorExit):  # GeneratorExit: a write to the client failed
         exchange.finish(CLIENT_CANCELLED, CLIENT_CLOSED_STATUS)

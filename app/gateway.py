@@ -14,7 +14,7 @@ from flask import Response, g, request
 
 from app import admission
 from app.disconnect import cancel_on_disconnect
-from app.exchange import COMPLETED, Exchange, failures_recorded
+from app.exchange import COMPLETED, REJECTED, Exchange, failures_recorded
 from app.request_id import current_request_id
 from app.streaming import EventTransform, relay_response
 from app.upstream import get_upstream
@@ -23,21 +23,25 @@ from app.upstream import get_upstream
 def new_exchange(payload: dict[str, Any], request_id: str | None = None) -> Exchange:
     """The record of the generation this request asks for, once admitted (else 429 or 503).
 
-    `request_id` defaults to the request's (a WebSocket runs several generations per request).
+    Kept on `g` for the after-request hooks; `request_id` defaults to the request's (a
+    WebSocket runs several generations per request).
     """
     rule = request.url_rule.rule if request.url_rule else request.path
-    exchange = Exchange(request_id=request_id or current_request_id(), route=rule, model=payload["model"],
-                        stream=bool(payload.get("stream")), key_name=g.get("key_name"))
+    # key_name: set on `g` by access control; None for an anonymous request.
+    g.exchange = exchange = Exchange(request_id=request_id or current_request_id(), route=rule,
+                                     model=payload["model"], stream=bool(payload.get("stream")),
+                                     key_name=g.get("key_name"))
     # The one admission call site. What it holds is given back when the exchange finishes,
     # so from here on every path must finish it (failures_recorded does, for any exception).
-    admission.admit(exchange, payload)
+    with failures_recorded(exchange, outcome=REJECTED):
+        admission.admit(exchange, payload)
     return exchange
 
 
 def complete(path: str, payload: dict[str, Any]) -> Any:
     """Send a blocking request upstream and return its JSON body."""
     exchange = new_exchange(payload)
-    with failures_recorded(exchange), cancel_on_disconnect(request.environ):
+    with failures_recorded(exchange), cancel_on_disconnect(request.environ), exchange.waiting_upstream():
         upstream = get_upstream()
         exchange.replica = upstream.base_url
         with closing(upstream.open(path, payload, request_id=exchange.request_id, stream=False)) as response:
@@ -58,6 +62,6 @@ def open_stream(path: str, payload: dict[str, Any], exchange: Exchange) -> reque
 def stream(path: str, payload: dict[str, Any], transform: EventTransform) -> Response:
     """Open a streaming request upstream and return the SSE response that relays it."""
     exchange = new_exchange(payload)
-    with cancel_on_disconnect(request.environ):
+    with cancel_on_disconnect(request.environ), exchange.waiting_upstream():
         response = open_stream(path, payload, exchange)
     return relay_response(response, request.environ, transform, exchange)

@@ -3,18 +3,23 @@ from __future__ import annotations
 
 import re
 import uuid
+from contextvars import ContextVar
 
-from flask import Flask, Response, g, request
+from flask import Flask, Response, request
 
 HEADER = "X-Request-ID"
 # Strict on purpose: the id goes into logs and upstream headers, so nothing that could
 # split a header or a log line gets through.
 _WELL_FORMED = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+# A context variable rather than flask.g: a stream is relayed after Flask's request context
+# has gone, in the same greenlet, and its log lines must still carry the id. Each greenlet
+# (gevent) or thread has its own value.
+_current: ContextVar[str] = ContextVar("sluice_request_id", default="")
 
 
 def current_request_id() -> str:
-    """This request's id."""
-    return g.request_id
+    """The id of the request this greenlet serves (also while its stream is relayed); "" outside one."""
+    return _current.get()
 
 
 def init_app(app: Flask) -> None:
@@ -23,11 +28,9 @@ def init_app(app: Flask) -> None:
     @app.before_request
     def _assign() -> None:
         offered = request.headers.get(HEADER, "")
-        g.request_id = offered if _WELL_FORMED.fullmatch(offered) else uuid.uuid4().hex
+        _current.set(offered if _WELL_FORMED.fullmatch(offered) else uuid.uuid4().hex)
 
     @app.after_request
     def _echo(response: Response) -> Response:
-        request_id = g.get("request_id")
-        if request_id:
-            response.headers[HEADER] = request_id
+        response.headers[HEADER] = _current.get()
         return response

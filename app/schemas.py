@@ -93,6 +93,19 @@ class StreamEventSchema(Schema):
     usage = fields.Nested(UsageSchema)
 
 
+class HealthSchema(Schema):
+    """Body of GET /healthz."""
+
+    status = fields.String(metadata={"description": "Always `ok` while the process answers."})
+
+
+class ReadinessSchema(Schema):
+    """Body of GET /readyz when the gateway can serve."""
+
+    status = fields.String(metadata={"description": "`ready`."})
+    upstream = fields.String(metadata={"description": "Base URL of the upstream that answered its health check."})
+
+
 class ErrorDetailSchema(Schema):
     """The inside of an error body."""
 

@@ -12,8 +12,9 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from app import gateway
+from app.docs import GENERATION_HEADERS, error_responses, sse_response
 from app.errors import UpstreamBadResponse
-from app.schemas import ApiErrorSchema, GenerateRequestSchema, GenerateResponseSchema
+from app.schemas import GenerateRequestSchema, GenerateResponseSchema
 from app.upstream import errors as upstream_errors
 from app.upstream import get_upstream
 from app.upstream.models import resolve_model
@@ -21,12 +22,18 @@ from app.upstream.sse import sse_event
 
 blp = Blueprint("generate", __name__, url_prefix="/v1", description="Native text generation API.")
 
-_STREAM_DOC = {
-    "description": "Server-Sent Events: `data: {\"id\", \"text\", \"finish_reason\"}` per piece of "
-                   "text, a last event that also carries `usage`, then `data: [DONE]`. An error after "
-                   "the stream began comes as `data: {\"error\": {...}}` followed by `data: [DONE]`.",
-    "content": {"text/event-stream": {"schema": {"type": "string"}}},
-}
+_STREAM_DOC = sse_response(
+    "Server-Sent Events: `data: {\"id\", \"text\", \"finish_reason\"}` per piece of text, a last event "
+    "that also carries `usage`, then `data: [DONE]`. An error after the stream began comes as "
+    "`data: {\"error\": {...}}` followed by `data: [DONE]`.",
+    "StreamEvent",
+    'data: {"id": "cmpl-1", "text": " Paris", "finish_reason": null}\n\n'
+    'data: {"id": "cmpl-1", "text": "", "finish_reason": "length", '
+    '"usage": {"prompt_tokens": 6, "completion_tokens": 1, "total_tokens": 7}}\n\n'
+    "data: [DONE]\n\n",
+)
+# Errors before the first byte; 422 is documented by @blp.arguments.
+_ERRORS = error_responses(400, 413, 415, 502, 503, 504)
 _PASSED_THROUGH = ("max_tokens", "temperature", "top_p", "stop", "seed")
 
 
@@ -87,8 +94,8 @@ class Generate(MethodView):
     """Blocking generation."""
 
     @blp.arguments(GenerateRequestSchema)
-    @blp.response(200, GenerateResponseSchema)
-    @blp.alt_response(422, schema=ApiErrorSchema, description="Validation failed")
+    @blp.response(200, GenerateResponseSchema, headers=GENERATION_HEADERS)
+    @blp.doc(responses=_ERRORS)
     def post(self, body: dict[str, Any]) -> dict[str, Any]:
         """Generate text and return it whole."""
         payload = completion_request(body, resolve_model(body.get("model"), get_upstream()), stream=False)
@@ -100,8 +107,7 @@ class GenerateStream(MethodView):
     """Streaming generation."""
 
     @blp.arguments(GenerateRequestSchema)
-    @blp.doc(responses={"200": _STREAM_DOC})
-    @blp.alt_response(422, schema=ApiErrorSchema, description="Validation failed")
+    @blp.doc(responses={"200": _STREAM_DOC, **_ERRORS})
     def post(self, body: dict[str, Any]):
         """Generate text and stream it as Server-Sent Events as the model produces it."""
         payload = completion_request(body, resolve_model(body.get("model"), get_upstream()), stream=True)

@@ -7,7 +7,10 @@ from typing import Any
 from flask import current_app
 from flask_smorest import Blueprint
 
+from app import metrics
+from app.docs import error_responses
 from app.errors import ApiError, Unavailable
+from app.schemas import HealthSchema, ReadinessSchema
 from app.upstream import get_upstream
 
 blp = Blueprint("health", __name__, description="Liveness and readiness probes.")
@@ -28,12 +31,15 @@ def engine_problem(state_file: str) -> str | None:
 
 
 @blp.route("/healthz")
+@blp.response(200, HealthSchema)
 def healthz() -> dict[str, str]:
     """The process is alive (no upstream check)."""
     return {"status": "ok"}
 
 
 @blp.route("/readyz")
+@blp.response(200, ReadinessSchema)
+@blp.doc(responses=error_responses(503))
 def readyz() -> dict[str, str]:
     """200 when the upstream answers its health check; else 503 with the reason."""
     problem = engine_problem(current_app.config["ENGINE_STATE_FILE"])
@@ -43,5 +49,7 @@ def readyz() -> dict[str, str]:
     try:
         upstream.check_health()
     except ApiError as exc:
+        metrics.set_replica_up(upstream.base_url, False)
         raise Unavailable(f"upstream not ready: {exc.message}", code="upstream_not_ready") from None
+    metrics.set_replica_up(upstream.base_url, True)
     return {"status": "ready", "upstream": upstream.base_url}

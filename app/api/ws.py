@@ -19,6 +19,7 @@ from contextlib import contextmanager, suppress
 from typing import Any, Iterator
 
 import gevent
+from apispec import APISpec
 from flask import Flask
 from flask_sock import Sock
 from marshmallow import ValidationError
@@ -45,12 +46,27 @@ sock = Sock()
 _schema = GenerateRequestSchema()
 
 
-def init_app(app: Flask) -> None:
-    """Register the WebSocket route, with pings and the body size limit from the settings."""
+def init_app(app: Flask, spec: APISpec) -> None:
+    """Register the WebSocket route, with pings and the body size limit from the settings, and document it."""
     app.config["SOCK_SERVER_OPTIONS"] = {"ping_interval": app.config["WS_PING_INTERVAL"] or None,
                                          "max_message_size": app.config["MAX_BODY_BYTES"]}
     sock.init_app(app)
     app.register_error_handler(WebsocketMismatch, _not_a_websocket_route)
+    # OpenAPI 3 has no WebSocket operations: the handshake is documented as the GET it is.
+    [rule] = [rule for rule in app.url_map.iter_rules() if rule.rule == PATH]
+    spec.path(rule=rule, operations={"get": {
+        "summary": "Generate over a WebSocket: several requests per connection, cancel, pings.",
+        "tags": ["generate"],
+        "description": "After the handshake (the API key is checked on it), send a generate request as a "
+                       "JSON text message (the body of POST /v1/generate). The server answers with "
+                       "`{\"type\": \"token\", \"id\", \"text\"}` messages, then `{\"type\": \"done\", "
+                       "\"finish_reason\", \"usage\"}`, or `{\"type\": \"error\", \"error\": {...}}` in the "
+                       "error shape. `{\"type\": \"cancel\"}` stops the generation upstream. See docs/api.md.",
+        "responses": {"101": {"description": "Switching Protocols: the WebSocket is open."},
+                      "400": {"description": "Not a WebSocket handshake.", "content": {
+                          "application/json": {"schema": "ApiError"}}},
+                      "401": {"description": "Missing or wrong API key.", "content": {
+                          "application/json": {"schema": "ApiError"}}}}}})
 
 
 def _not_a_websocket_route(exc: WebsocketMismatch):

@@ -53,6 +53,20 @@ def test_200_concurrent_streams_through_one_worker(gateway):
     assert all(r.events[-2]["usage"]["completion_tokens"] == 20 for r in results)
 
 
+def test_keep_alive_connection_serves_one_request_after_another(gateway):
+    # The disconnect watcher of a finished request must be gone before gunicorn reads the
+    # next request on the same connection, or that read fails (a 500 or a reset).
+    statuses = []
+    with requests.Session() as client:
+        for i in range(20):
+            path = "/v1/generate/stream" if i % 2 else "/v1/generate"
+            with client.post(gateway.url + path, json={"prompt": "again", "max_tokens": 3}, timeout=10) as reply:
+                reply.content
+                statuses.append(reply.status_code)
+    assert statuses == [200] * 20
+    assert "ConcurrentObjectUseError" not in gateway.log_path.read_text()
+
+
 def open_raw(url: str, path: str, body: dict) -> socket.socket:
     """Send a POST on a raw socket (so the test can vanish mid-response like a real client)."""
     host, port = url.removeprefix("http://").split(":")
@@ -100,16 +114,21 @@ def test_client_leaving_before_first_token_cancels_upstream(slow_start, path):
     assert requests.get(gw.url + "/healthz", timeout=5).ok
 
 
+def post_json(url: str, body: dict) -> tuple[int, dict]:
+    """POST and return status and JSON body, dropping the response at once: a live requests
+    Response keeps its keep-alive connection open, and gunicorn's graceful stop waits for it."""
+    reply = requests.post(url, json=body, timeout=10)
+    return reply.status_code, reply.json()
+
+
 def test_upstream_gone_is_502_then_recovers(tmp_logs):
     sim = Simulator(log=tmp_logs / "gone-simulator.log")
     gw = Gateway({"SLUICE_UPSTREAM_URL": sim.url}, log=tmp_logs / "gone-gateway.log")
     try:
         assert requests.post(gw.url + "/v1/generate", json={"prompt": "x", "max_tokens": 2}, timeout=10).ok
         sim.stop()
-        # Connection: close, or the gateway's graceful stop below waits for this idle keep-alive connection.
-        reply = requests.post(gw.url + "/v1/generate", json={"prompt": "x", "max_tokens": 2}, timeout=10,
-                              headers={"Connection": "close"})
-        assert reply.status_code == 502 and reply.json()["error"]["code"] == "upstream_unreachable"
+        status, body = post_json(gw.url + "/v1/generate", {"prompt": "x", "max_tokens": 2})
+        assert status == 502 and body["error"]["code"] == "upstream_unreachable"
         assert requests.get(gw.url + "/readyz", timeout=10).status_code == 503
     finally:
         gw.stop()

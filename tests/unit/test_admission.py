@@ -48,7 +48,7 @@ def test_prompt_estimate(payload, tokens):
 def exchange(**usage) -> Exchange:
     record = Exchange(request_id="r", route="/v1/generate", model="m", stream=True)
     record.prompt_tokens = usage.get("prompt", 0)
-    record.events_relayed = usage.get("events", 0)
+    record.arrivals.extend(float(i) for i in range(usage.get("events", 0)))  # events relayed
     record.completion_tokens = usage.get("completion", 0)
     return record
 

@@ -1,0 +1,85 @@
+"""JSON log lines on stderr: one per generation, and every other log record, each with its request id.
+
+The generation line comes from the Exchange `finished` signal. No line carries a header or a
+key: the client is named by its key name only (see docs/observability.md for the fields).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import datetime, timezone
+from typing import Any
+
+from flask import Flask
+
+from app import exchange as exchanges
+from app.exchange import Exchange
+from app.metrics import key_label
+from app.request_id import current_request_id
+
+generation_log = logging.getLogger("app.generations")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: time, level, logger, pid, request id, message, and its `fields`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "pid": record.process,
+            "request_id": current_request_id() or None,
+            "message": record.getMessage(),
+        }
+        line.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
+
+
+class _JsonHandler(logging.StreamHandler):
+    """The gateway's handler on the root logger (a class of its own, so it is installed once)."""
+
+
+def init_app(app: Flask) -> None:
+    """Send every log record as JSON to stderr at SLUICE_LOG_LEVEL, and log each generation."""
+    configure(app.config["LOG_LEVEL"])
+    exchanges.finished.connect(log_generation)
+
+
+def configure(level: str) -> None:
+    """Install the JSON handler on the root logger once per process, and set the level."""
+    root = logging.getLogger()
+    if not any(isinstance(h, _JsonHandler) for h in root.handlers):
+        handler = _JsonHandler(sys.stderr)
+        handler.setFormatter(JsonFormatter())
+        root.addHandler(handler)
+    root.setLevel(level.upper())
+
+
+def log_generation(exchange: Exchange) -> None:
+    """The one line that tells what happened to a generation."""
+    generation_log.info("generation %s", exchange.outcome, extra={"fields": generation_fields(exchange)})
+
+
+def generation_fields(exchange: Exchange) -> dict[str, Any]:
+    """The fields of a generation's log line."""
+    ttft = exchange.ttft_seconds
+    return {
+        "event": "generation",
+        "request_id": exchange.request_id,
+        "key_name": key_label(exchange.key_name),
+        "route": exchange.route,
+        "model": exchange.model,
+        "stream": exchange.stream,
+        "replica": exchange.replica,
+        "status": exchange.status,
+        "outcome": exchange.outcome,
+        "error_code": exchange.error_code,
+        "prompt_tokens": exchange.prompt_tokens,
+        "completion_tokens": exchange.completion_tokens,
+        "ttft_seconds": None if ttft is None else round(ttft, 6),
+        "duration_seconds": round(exchange.duration, 6),
+    }
