@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Protocol
 
 import requests
 from flask import Response
@@ -28,12 +28,20 @@ CLIENT_CLOSED_STATUS = 499  # nginx's code for "client closed the request"
 EventTransform = Callable[[bytes], "bytes | None"]
 
 
+class UpstreamBody(Protocol):
+    """What the relay reads: a requests.Response, or the pool's Lease standing for one."""
+
+    def iter_content(self, chunk_size: int | None = None) -> Iterator[bytes]: ...
+
+    def close(self) -> None: ...
+
+
 def sse_event(payload: bytes) -> bytes:
     """Frame a JSON payload as one SSE event."""
     return b"data: " + payload + b"\n\n"
 
 
-def relay_response(upstream: requests.Response, environ: dict[str, Any], transform: EventTransform,
+def relay_response(upstream: UpstreamBody, environ: dict[str, Any], transform: EventTransform,
                    exchange: Exchange) -> Response:
     """A text/event-stream response relaying `upstream`, which the caller has opened.
 
@@ -49,7 +57,7 @@ def relay_response(upstream: requests.Response, environ: dict[str, Any], transfo
     return response
 
 
-def relay(response: requests.Response, environ: dict[str, Any], transform: EventTransform,
+def relay(response: UpstreamBody, environ: dict[str, Any], transform: EventTransform,
           exchange: Exchange) -> Iterator[bytes]:
     """Yield the client's SSE bytes for each upstream event; the upstream is closed when done."""
     try:
@@ -68,8 +76,7 @@ def relay(response: requests.Response, environ: dict[str, Any], transform: Event
         response.close()
 
 
-def _events(response: requests.Response, transform: EventTransform, exchange: Exchange) -> Iterator[bytes]:
-    replica = exchange.replica or "upstream"
+def _events(response: UpstreamBody, transform: EventTransform, exchange: Exchange) -> Iterator[bytes]:
     parser = SSEParser()
     try:
         # chunk_size=None: each HTTP chunk as soon as it arrives, no read-ahead buffering.
@@ -84,8 +91,9 @@ def _events(response: requests.Response, transform: EventTransform, exchange: Ex
                 if out:
                     yield out
     except requests.RequestException as exc:
-        raise upstream_errors.from_exception(exc, replica) from None
-    raise UpstreamBadResponse(f"upstream {replica} ended the stream without [DONE]", code="upstream_truncated")
+        raise upstream_errors.from_exception(exc, exchange.replica or "upstream") from None
+    raise UpstreamBadResponse(f"upstream {exchange.replica or 'upstream'} ended the stream without [DONE]",
+                              code="upstream_truncated")
 
 
 def _usage_of(data: bytes) -> Any:

@@ -1,4 +1,7 @@
-"""Liveness and readiness: /healthz says the process answers, /readyz that it can serve."""
+"""Liveness and readiness: /healthz says the process answers, /readyz that it can serve.
+
+/readyz reports the replicas as the worker that answers sees them (each worker checks them itself).
+"""
 from __future__ import annotations
 
 import json
@@ -7,8 +10,9 @@ from typing import Any
 from flask import current_app
 from flask_smorest import Blueprint
 
-from app.errors import ApiError, Unavailable
+from app.errors import Unavailable
 from app.upstream import get_upstream
+from app.upstream.replicas import SERVING
 
 blp = Blueprint("health", __name__, description="Liveness and readiness probes.")
 
@@ -34,14 +38,13 @@ def healthz() -> dict[str, str]:
 
 
 @blp.route("/readyz")
-def readyz() -> dict[str, str]:
-    """200 when the upstream answers its health check; else 503 with the reason."""
+def readyz() -> dict[str, Any]:
+    """200 when at least one replica can serve (each is checked now); else 503 with the reasons."""
     problem = engine_problem(current_app.config["ENGINE_STATE_FILE"])
     if problem:
         raise Unavailable(problem, code="engine_not_ready")
-    upstream = get_upstream()
-    try:
-        upstream.check_health()
-    except ApiError as exc:
-        raise Unavailable(f"upstream not ready: {exc.message}", code="upstream_not_ready") from None
-    return {"status": "ready", "upstream": upstream.base_url}
+    replicas = get_upstream().check_now()
+    if not any(r["state"] in SERVING for r in replicas):
+        reasons = "; ".join(f"{r['url']}: {r['reason']}" for r in replicas)
+        raise Unavailable(f"no upstream replica can serve: {reasons}", code="upstream_not_ready")
+    return {"status": "ready", "replicas": replicas}
