@@ -39,7 +39,7 @@ def cancel_on_disconnect(environ: dict[str, Any]) -> Iterator[None]:
         yield
     finally:
         guard.active = False
-        watcher.kill(block=False)
+        watcher.kill(block=True)
 
 
 def _watch(client_socket: socket.socket, request_greenlet: Any, guard: _Guard) -> None:

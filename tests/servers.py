@@ -69,8 +69,8 @@ class Service:
 class Simulator(Service):
     """bench/simulator.py as a process: a fast vLLM-shaped upstream with fault injection."""
 
-    def __init__(self, *args: str, log: Path | None = None) -> None:
-        self.port = free_port()
+    def __init__(self, *args: str, log: Path | None = None, port: int | None = None) -> None:
+        self.port = port or free_port()  # a given port: a replica restarted where it was
         self.url = f"http://127.0.0.1:{self.port}"
         super().__init__("simulator", [sys.executable, "-m", "bench.simulator", "--host", "127.0.0.1",
                                        "--port", str(self.port), *args], log=log)

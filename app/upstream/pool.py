@@ -20,7 +20,7 @@ from app.exchange import Exchange
 from app.upstream import errors
 from app.upstream.health import HealthChecker, check_all, discover_models
 from app.upstream.replicas import Replica
-from app.upstream.routing import PrefixAffinity, Strategy, affinity_key
+from app.upstream.routing import Strategy, affinity_key
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +70,7 @@ class Pool:
     def open_with_failover(self, path: str, payload: dict[str, Any], exchange: Exchange, *, stream: bool,
                            session_id: str | None = None) -> Lease:
         """Open the request on the best replica for it, failing over while the client has nothing yet."""
-        key = (affinity_key(payload, session_id, self.affinity_chars)
-               if isinstance(self.strategy, PrefixAffinity) else None)
+        key = affinity_key(payload, session_id, self.affinity_chars)
         walk = _Failover(self.candidates(payload["model"], key), self.failover, path, payload, exchange, stream)
         return Lease(walk)
 
@@ -127,7 +126,7 @@ class _Failover:
         """The replica failed this request before the client got anything: count it against it."""
         replica.record_failure(exc.code, exc.message)
         self._last_error = exc
-        log.warning("request %s: %s; trying another replica if allowed", self.exchange.request_id, exc.message)
+        log.warning("request %s failed before its first byte (%s)", self.exchange.request_id, exc.message)
 
     def _open(self, replica: Replica) -> requests.Response:
         replica.acquire()

@@ -13,6 +13,7 @@ restarted vLLM is not handed a full load while it warms up.
 """
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ import requests
 
 from app.upstream.load import Load
 from app.upstream.specs import ReplicaSpec
+
+log = logging.getLogger(__name__)
 
 HEALTHY, EJECTED, RECOVERING = "healthy", "ejected", "recovering"
 SERVING = (HEALTHY, RECOVERING)
@@ -159,14 +162,20 @@ class Replica:
             self._enter(RECOVERING)
 
     def eject(self, reason: str) -> None:
-        """Take it out of rotation for the cooldown."""
+        """Take it out of rotation for the cooldown (from now, if it was out already)."""
         self.reason = reason
-        self.ejections += 1
         self.ejected_until = self.clock() + self.policy.cooldown
         self.load = None  # figures from before are no guide to after
         self._enter(EJECTED)
 
     def _enter(self, state: str) -> None:
+        if state == self.state:
+            return
+        if state == EJECTED:
+            self.ejections += 1
+            log.warning("replica %s ejected for %g s: %s", self.url, self.policy.cooldown, self.reason)
+        else:
+            log.info("replica %s is %s", self.url, state)
         self.state, self.state_since = state, self.clock()
 
     def snapshot(self) -> dict[str, Any]:
