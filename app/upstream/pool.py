@@ -75,12 +75,14 @@ class Pool:
         return Lease(walk)
 
     def default_model(self) -> str:
-        """SLUICE_MODEL, else the first model the first replica serves (asking it if need be)."""
+        """SLUICE_MODEL, else the first model of the first replica that has listed its models."""
         if self.configured_model:
             return self.configured_model
         for replica in self.replicas:
-            if replica.models is None:
-                discover_models(replica)
+            if replica.models:
+                return replica.models[0]
+        for replica in self.replicas:  # none has yet (no background checks here): ask them now
+            discover_models(replica)
             if replica.models:
                 return replica.models[0]
         raise Unavailable("no replica has said which models it serves; set SLUICE_MODEL or check the "

@@ -76,7 +76,7 @@ class Replica:
         self.state = HEALTHY
         self.state_since = clock()
         self.ejected_until = 0.0
-        self.reason = ""  # why it was last ejected
+        self.reason = ""  # why it is (or, while recovering, was) ejected
         self.consecutive_failures = 0
         self.ejections = 0
         self.outstanding = 0  # requests of this worker open on it
@@ -176,6 +176,8 @@ class Replica:
             log.warning("replica %s ejected for %g s: %s", self.url, self.policy.cooldown, self.reason)
         else:
             log.info("replica %s is %s", self.url, state)
+        if state == HEALTHY:
+            self.reason = ""  # back in full: the last ejection no longer explains anything
         self.state, self.state_since = state, self.clock()
 
     def snapshot(self) -> dict[str, Any]:

@@ -61,6 +61,14 @@ def test_tries_are_bounded_and_the_last_error_is_returned(make_app, sims):
     assert (first.stats.requests_total, second.stats.requests_total, third.stats.requests_total) == (1, 1, 0)
 
 
+@pytest.mark.parametrize("budget, status", [(0.1, 504), (10.0, 200)])
+def test_no_new_try_starts_after_the_budget(make_app, sims, budget, status):
+    hung, good = sims(fault="hang_headers"), sims()
+    client = client_for(make_app, hung, good, UPSTREAM_READ_TIMEOUT=0.3, FAILOVER_BUDGET=budget)
+    assert client.post("/v1/generate", json=BODY).status_code == status
+    assert good.stats.requests_total == (status == 200)
+
+
 def test_stream_whose_replica_dies_before_its_first_event_continues_elsewhere(make_app, sims):
     doomed, good = sims(ttft=30), sims()
     client = client_for(make_app, doomed, good)
