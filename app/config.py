@@ -91,18 +91,43 @@ SETTINGS: tuple[Setting, ...] = (
     # --- upstream ---
     Setting("UPSTREAM_URL", str, "",
             "Base URL of the upstream model server (vLLM unless UPSTREAM_KIND says otherwise), e.g. "
-            "http://127.0.0.1:8000. "
+            "http://127.0.0.1:8000; several replicas separated by commas. "
             "Empty: `sluice serve` starts the embedded engine and sets it."),
     Setting("UPSTREAM_CONNECT_TIMEOUT", float, 3.0, "Seconds to open a connection to the upstream.", minimum=0.001),
     Setting("UPSTREAM_READ_TIMEOUT", float, 120.0,
             "Seconds the upstream may stay silent (before the response, or between two chunks) before a 504.",
             minimum=0.001),
-    Setting("UPSTREAM_HEALTH_TIMEOUT", float, 2.0, "Seconds /readyz waits for the upstream's /health.",
+    Setting("UPSTREAM_HEALTH_TIMEOUT", float, 2.0,
+            "Seconds a health check (background or /readyz) waits for a replica.",
             minimum=0.001),
     Setting("UPSTREAM_API_KEY", str, "", "Bearer token sent to the upstream, if it requires one."),
     Setting("MODEL", str, "",
             "Model (the upstream's name for it) used when a request names none. Empty: the upstream's first "
             "served model."),
+    # --- several replicas: routing, health, failover (docs/scaling.md) ---
+    Setting("UPSTREAMS_FILE", str, "",
+            "JSON file listing the replicas (url, kind, weight, models); instead of UPSTREAM_URL."),
+    Setting("ROUTING_STRATEGY", str, "load_aware",
+            "How a replica is chosen among those serving the model.",
+            choices=("load_aware", "least_outstanding", "round_robin", "prefix_affinity")),
+    Setting("HEALTH_INTERVAL", float, 1.0,
+            "Seconds between a worker's checks of each replica's /health (and scrapes of vLLM's /metrics).",
+            minimum=0.05),
+    Setting("EJECT_AFTER_FAILURES", int, 3,
+            "Consecutive failed requests after which a replica is taken out of rotation.", minimum=1),
+    Setting("EJECT_COOLDOWN", float, 10.0,
+            "Seconds an ejected replica stays out before a passing health check lets it return.", minimum=0),
+    Setting("RECOVERY_SECONDS", float, 30.0,
+            "Seconds a returning replica takes to ramp from a tenth of its weight to all of it.", minimum=0),
+    Setting("FAILOVER_TRIES", int, 3,
+            "Replicas a request may try, the first included, while no byte has reached the client.", minimum=1),
+    Setting("FAILOVER_BUDGET", float, 10.0,
+            "Seconds after a request's first try during which another replica may still be tried.", minimum=0),
+    Setting("AFFINITY_PREFIX_CHARS", int, 256,
+            "prefix_affinity: characters of the prompt (or chat messages) that pick the replica.", minimum=1),
+    Setting("AFFINITY_LOAD_FACTOR", float, 1.5,
+            "prefix_affinity: a replica keeps its prefixes until its load exceeds this many times the "
+            "average; then they spill to the next replica.", minimum=1.0),
     # --- request limits ---
     Setting("MAX_BODY_BYTES", int, 1 * MiB, "Largest request body accepted; larger gets 413.", minimum=1),
     Setting("MAX_PROMPT_CHARS", int, 32_000, "Longest prompt accepted, in characters; longer gets 422.", minimum=1),

@@ -1,15 +1,15 @@
 """The path of one generation through the gateway, shared by every API surface.
 
-`complete` (blocking) and `stream` (SSE) open the upstream, relay or read its answer, and
-close the generation's Exchange with its outcome, whatever happens. `open_stream` is the
-opening step on its own, for surfaces that relay events themselves (the WebSocket).
+`complete` (blocking) and `stream` (SSE) open the upstream on the best replica (failing over
+to others before the client has received anything), relay or read its answer, and close the
+generation's Exchange with its outcome, whatever happens. `open_stream` is the opening step
+on its own, for surfaces that relay events themselves (the WebSocket).
 """
 from __future__ import annotations
 
 from contextlib import closing
 from typing import Any
 
-import requests
 from flask import Response, g, request
 
 from app import admission
@@ -18,6 +18,8 @@ from app.exchange import COMPLETED, REJECTED, Exchange, failures_recorded
 from app.request_id import current_request_id
 from app.streaming import EventTransform, relay_response
 from app.upstream import get_upstream
+from app.upstream.pool import Lease
+from app.upstream.routing import SESSION_HEADER
 
 
 def new_exchange(payload: dict[str, Any], request_id: str | None = None) -> Exchange:
@@ -38,30 +40,32 @@ def new_exchange(payload: dict[str, Any], request_id: str | None = None) -> Exch
     return exchange
 
 
+def open_upstream(path: str, payload: dict[str, Any], exchange: Exchange, *, stream: bool) -> Lease:
+    """Open the generation on the replica the routing strategy picks (sets exchange.replica)."""
+    return get_upstream().open_with_failover(path, payload, exchange, stream=stream,
+                                             session_id=request.headers.get(SESSION_HEADER))
+
+
 def complete(path: str, payload: dict[str, Any]) -> Any:
     """Send a blocking request upstream and return its JSON body."""
     exchange = new_exchange(payload)
     with failures_recorded(exchange), cancel_on_disconnect(request.environ), exchange.waiting_upstream():
-        upstream = get_upstream()
-        exchange.replica = upstream.base_url
-        with closing(upstream.open(path, payload, request_id=exchange.request_id, stream=False)) as response:
-            result = upstream.read_json(response)
+        with closing(open_upstream(path, payload, exchange, stream=False)) as lease:
+            result = lease.read_json()
     exchange.record_usage(result.get("usage") if isinstance(result, dict) else None)
     exchange.finish(COMPLETED)
     return result
 
 
-def open_stream(path: str, payload: dict[str, Any], exchange: Exchange) -> requests.Response:
+def open_stream(path: str, payload: dict[str, Any], exchange: Exchange) -> Lease:
     """Open a streaming request upstream for `exchange`; a failure finishes the exchange and is raised."""
     with failures_recorded(exchange):
-        upstream = get_upstream()
-        exchange.replica = upstream.base_url
-        return upstream.open(path, payload, request_id=exchange.request_id, stream=True)
+        return open_upstream(path, payload, exchange, stream=True)
 
 
 def stream(path: str, payload: dict[str, Any], transform: EventTransform) -> Response:
     """Open a streaming request upstream and return the SSE response that relays it."""
     exchange = new_exchange(payload)
     with cancel_on_disconnect(request.environ), exchange.waiting_upstream():
-        response = open_stream(path, payload, exchange)
-    return relay_response(response, request.environ, transform, exchange)
+        lease = open_stream(path, payload, exchange)
+    return relay_response(lease, request.environ, transform, exchange)

@@ -103,7 +103,10 @@ class ReadinessSchema(Schema):
     """Body of GET /readyz when the gateway can serve."""
 
     status = fields.String(metadata={"description": "`ready`."})
-    upstream = fields.String(metadata={"description": "Base URL of the upstream that answered its health check."})
+    replicas = fields.List(fields.Dict(), metadata={
+        "description": "Each replica: url, kind, state (healthy, recovering, ejected), reason, weight, models, "
+                       "outstanding requests in this worker, failures by kind, and the load figures read from "
+                       "its /metrics (running, waiting, kv_cache_usage)."})
 
 
 class ErrorDetailSchema(Schema):

@@ -8,7 +8,7 @@ a stream never just stops. A client that leaves ends the relay and closes the up
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Protocol
 
 import requests
 from flask import Response
@@ -26,7 +26,15 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 EventTransform = Callable[[bytes], "bytes | None"]
 
 
-def relay_response(upstream: requests.Response, environ: dict[str, Any], transform: EventTransform,
+class UpstreamBody(Protocol):
+    """What the relay reads: a requests.Response, or the pool's Lease standing for one."""
+
+    def iter_content(self, chunk_size: int | None = None) -> Iterator[bytes]: ...
+
+    def close(self) -> None: ...
+
+
+def relay_response(upstream: UpstreamBody, environ: dict[str, Any], transform: EventTransform,
                    exchange: Exchange) -> Response:
     """A text/event-stream response relaying `upstream`, which the caller has opened.
 
@@ -42,7 +50,7 @@ def relay_response(upstream: requests.Response, environ: dict[str, Any], transfo
     return response
 
 
-def relay(response: requests.Response, environ: dict[str, Any], transform: EventTransform,
+def relay(response: UpstreamBody, environ: dict[str, Any], transform: EventTransform,
           exchange: Exchange) -> Iterator[bytes]:
     """Yield the client's SSE bytes for each upstream event; the upstream is closed when done."""
     try:
@@ -61,9 +69,8 @@ def relay(response: requests.Response, environ: dict[str, Any], transform: Event
         response.close()
 
 
-def upstream_events(response: requests.Response, exchange: Exchange) -> Iterator[bytes]:
+def upstream_events(response: UpstreamBody, exchange: Exchange) -> Iterator[bytes]:
     """The data of each upstream SSE event up to [DONE], noted on `exchange`; failures as ApiError."""
-    replica = exchange.replica or "upstream"
     parser = SSEParser()
     try:
         # chunk_size=None: each HTTP chunk as soon as it arrives, no read-ahead buffering.
@@ -75,8 +82,9 @@ def upstream_events(response: requests.Response, exchange: Exchange) -> Iterator
                     exchange.record_usage(_usage_of(data))
                 yield data
     except requests.RequestException as exc:
-        raise upstream_errors.from_exception(exc, replica) from None
-    raise UpstreamBadResponse(f"upstream {replica} ended the stream without [DONE]", code="upstream_truncated")
+        raise upstream_errors.from_exception(exc, exchange.replica or "upstream") from None
+    raise UpstreamBadResponse(f"upstream {exchange.replica or 'upstream'} ended the stream without [DONE]",
+                              code="upstream_truncated")
 
 
 def _usage_of(data: bytes) -> Any:

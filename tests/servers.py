@@ -80,8 +80,8 @@ class SimulatedUpstream(Service):
     module = ""
     health_path = ""
 
-    def __init__(self, *args: str, log: Path | None = None) -> None:
-        self.port = free_port()
+    def __init__(self, *args: str, log: Path | None = None, port: int | None = None) -> None:
+        self.port = port or free_port()  # a given port: a replica restarted where it was
         self.url = f"http://127.0.0.1:{self.port}"
         super().__init__(self.module, [sys.executable, "-m", self.module, "--host", "127.0.0.1",
                                        "--port", str(self.port), *args], log=log)

@@ -1,4 +1,7 @@
-"""Liveness and readiness: /healthz says the process answers, /readyz that it can serve."""
+"""Liveness and readiness: /healthz says the process answers, /readyz that it can serve.
+
+/readyz reports the replicas as the worker that answers sees them (each worker checks them itself).
+"""
 from __future__ import annotations
 
 import json
@@ -9,9 +12,10 @@ from flask_smorest import Blueprint
 
 from app import metrics
 from app.docs import error_responses
-from app.errors import ApiError, Unavailable
+from app.errors import Unavailable
 from app.schemas import HealthSchema, ReadinessSchema
 from app.upstream import get_upstream
+from app.upstream.replicas import SERVING
 
 blp = Blueprint("health", __name__, description="Liveness and readiness probes.")
 
@@ -40,16 +44,15 @@ def healthz() -> dict[str, str]:
 @blp.route("/readyz")
 @blp.response(200, ReadinessSchema)
 @blp.doc(responses=error_responses(503))
-def readyz() -> dict[str, str]:
-    """200 when the upstream answers its health check; else 503 with the reason."""
+def readyz() -> dict[str, Any]:
+    """200 when at least one replica can serve (each is checked now); else 503 with the reasons."""
     problem = engine_problem(current_app.config["ENGINE_STATE_FILE"])
     if problem:
         raise Unavailable(problem, code="engine_not_ready")
-    upstream = get_upstream()
-    try:
-        upstream.check_health()
-    except ApiError as exc:
-        metrics.set_replica_up(upstream.base_url, False)
-        raise Unavailable(f"upstream not ready: {exc.message}", code="upstream_not_ready") from None
-    metrics.set_replica_up(upstream.base_url, True)
-    return {"status": "ready", "upstream": upstream.base_url}
+    replicas = get_upstream().check_now()
+    for replica in replicas:
+        metrics.set_replica_up(replica["url"], replica["state"] in SERVING)
+    if not any(r["state"] in SERVING for r in replicas):
+        reasons = "; ".join(f"{r['url']}: {r['reason']}" for r in replicas)
+        raise Unavailable(f"no upstream replica can serve: {reasons}", code="upstream_not_ready")
+    return {"status": "ready", "replicas": replicas}

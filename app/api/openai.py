@@ -104,4 +104,4 @@ class ChatCompletions(MethodView):
 @blp.route("/models")
 def models() -> dict[str, Any]:
     """The model names clients may use."""
-    return listed_models()
+    return listed_models(get_upstream())

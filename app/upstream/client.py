@@ -7,7 +7,7 @@ the worker's connection limit so that no connection is discarded under load.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Callable
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -17,6 +17,7 @@ from app.upstream import errors
 
 JSON_TYPE = "application/json"
 SSE_TYPE = "text/event-stream"
+TEXT_TYPE = "text/plain"
 
 
 class UpstreamClient:
@@ -73,10 +74,17 @@ class UpstreamClient:
 
     def get_json(self, path: str) -> Any:
         """GET a small JSON document (model list)."""
+        return self._get(path, JSON_TYPE, self.read_json)
+
+    def get_text(self, path: str) -> str:
+        """GET a small text document (Prometheus metrics)."""
+        return self._get(path, TEXT_TYPE, lambda response: response.text)
+
+    def _get(self, path: str, expected_type: str, read: Callable[[requests.Response], Any]) -> Any:
         try:
             with self.session.get(self.base_url + path, timeout=self.health_timeout) as response:
-                self._check(response, JSON_TYPE)
-                return self.read_json(response)
+                self._check(response, expected_type)
+                return read(response)
         except requests.RequestException as exc:
             raise errors.from_exception(exc, self.base_url) from None
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import requests
@@ -14,6 +15,7 @@ from app.errors import (ApiError, InvalidRequest, NotFound, Unavailable, Upstrea
 _CLIENT_FAULTS: dict[int, type[ApiError]] = {400: InvalidRequest, 404: NotFound, 422: ValidationFailed}
 _OVERLOADED = (429, 503)
 RETRY_AFTER_SECONDS = "1"
+_UPSTREAM_4XX = re.compile(r"upstream_4\d\d")  # the code from_status gives other 4xx answers
 
 
 def upstream_message(body: bytes) -> str | None:
@@ -44,6 +46,16 @@ def from_status(status: int, body: bytes, replica: str) -> ApiError:
                            code="upstream_overloaded", headers={"Retry-After": RETRY_AFTER_SECONDS})
     detail = f": {message}" if message else ""
     return UpstreamBadResponse(f"upstream {replica} answered {status}{detail}", code=f"upstream_{status}")
+
+
+def is_replica_fault(exc: ApiError) -> bool:
+    """True when the replica failed (down, overloaded, broken, too slow), so another may succeed.
+
+    False for the request's own faults (any 4xx the upstream found), which every replica would repeat.
+    """
+    if isinstance(exc, (Unavailable, UpstreamTimeout)):
+        return True
+    return isinstance(exc, UpstreamBadResponse) and not _UPSTREAM_4XX.fullmatch(exc.code)
 
 
 def from_event(event: dict[str, Any]) -> ApiError:

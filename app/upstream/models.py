@@ -1,8 +1,8 @@
-"""Model names: the names clients use (SLUICE_MODEL_MAP), the upstream's, and the default model.
+"""Model names: the names clients use (SLUICE_MODEL_MAP), the replicas', and the default model.
 
 When a map is set it is the whole list of names clients may use: /v1/models lists exactly
-those, and any other name is a 404 without asking the upstream. Without a map, names go
-to the upstream unchanged and /v1/models relays its list.
+those, and any other name is a 404 without asking an upstream. Without a map, a name goes
+upstream unchanged if a replica serves it, and /v1/models lists what the replicas serve.
 """
 from __future__ import annotations
 
@@ -12,13 +12,11 @@ from typing import Any
 from flask import Flask, current_app
 
 from app.config import ConfigError
-from app.errors import NotFound, Unavailable
-from app.upstream import get_upstream
-from app.upstream.client import UpstreamClient
+from app.errors import NotFound
+from app.upstream.pool import Pool
 
 EXTENSION = "sluice.model_map"
-_STARTED = int(time.time())  # the `created` of mapped names in /v1/models
-_discovered: dict[str, str] = {}  # upstream base URL -> its first served model, per process
+_STARTED = int(time.time())  # the `created` of the names in /v1/models
 
 
 def parse_model_map(raw: str) -> dict[str, str]:
@@ -46,33 +44,22 @@ def model_map() -> dict[str, str]:
     return current_app.extensions[EXTENSION]
 
 
-def resolve_model(requested: str | None, upstream: UpstreamClient) -> str:
-    """The upstream's name for the request's model; without one, the configured MODEL or the upstream's first."""
-    if requested:
-        names = model_map()
-        if not names:
-            return requested
-        if requested in names:
-            return names[requested]
-        raise NotFound(f"The model `{requested}` does not exist; GET /v1/models lists the models.",
-                       param="model", code="model_not_found")
-    if current_app.config["MODEL"]:
-        return current_app.config["MODEL"]
-    model = _discovered.get(upstream.base_url)
-    if model is None:
-        listing = upstream.get_json("/v1/models")
-        try:
-            model = listing["data"][0]["id"]
-        except (KeyError, IndexError, TypeError):
-            raise Unavailable(f"upstream {upstream.base_url} serves no model", code="no_model") from None
-        _discovered[upstream.base_url] = model
-    return model
-
-
-def listed_models() -> dict[str, Any]:
-    """The body of GET /v1/models: the mapped names, or the upstream's own list."""
+def resolve_model(requested: str | None, upstream: Pool) -> str:
+    """The upstream's name for the request's model (404 unless a replica serves it); else the default."""
+    if not requested:
+        return upstream.default_model()
     names = model_map()
     if names:
-        return {"object": "list", "data": [{"id": name, "object": "model", "created": _STARTED, "owned_by": "sluice"}
-                                           for name in names]}
-    return get_upstream().get_json("/v1/models")
+        if requested not in names:
+            raise NotFound(f"The model `{requested}` does not exist; GET /v1/models lists the models.",
+                           param="model", code="model_not_found")
+        requested = names[requested]
+    upstream.replicas_for(requested)  # 404 when no replica serves it
+    return requested
+
+
+def listed_models(upstream: Pool) -> dict[str, Any]:
+    """The body of GET /v1/models: the mapped names, or every model a replica serves (owned by its kind)."""
+    owners = dict.fromkeys(model_map(), "sluice") or upstream.served_models()
+    return {"object": "list", "data": [{"id": name, "object": "model", "created": _STARTED, "owned_by": owner}
+                                       for name, owner in owners.items()]}

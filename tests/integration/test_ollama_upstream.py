@@ -58,7 +58,9 @@ def test_openai_completion_blocking(client):
 def test_unknown_model_is_not_found(client):
     with pytest.raises(openai.NotFoundError) as caught:
         client.chat.completions.create(model="llama9", messages=ASK)
-    assert "not found" in caught.value.body["message"]
+    # The replica's model list (from Ollama's /api/tags) says it is not there: no request is sent.
+    assert caught.value.body["code"] == "model_not_found"
+    assert "llama9" in caught.value.body["message"] and "sim-llama:latest" in caught.value.body["message"]
 
 
 def test_native_stream_uses_the_upstreams_first_model(gateway):

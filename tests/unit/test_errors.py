@@ -102,7 +102,9 @@ def test_no_upstream_configured_is_503(make_app):
 @responses.activate
 def test_readyz_reports_the_upstream(client):
     responses.get(f"{UPSTREAM}/health", status=200)
-    assert client.get("/readyz").json == {"status": "ready", "upstream": UPSTREAM}
+    body = client.get("/readyz").json
+    assert body["status"] == "ready"
+    assert [(r["url"], r["state"]) for r in body["replicas"]] == [(UPSTREAM, "healthy")]
     responses.replace(responses.GET, f"{UPSTREAM}/health", status=503)
     error = assert_error_shape(client.get("/readyz"), 503, "upstream_not_ready")
     assert UPSTREAM in error["message"]

@@ -193,11 +193,16 @@ def test_models_lists_the_map_without_asking_the_upstream(mapped):
 
 
 @responses.activate
-def test_models_without_a_map_relays_the_upstreams_list(client):
+def test_models_without_a_map_lists_what_the_replicas_serve(client):
     upstream_list = {"object": "list", "data": [{"id": "sim-model", "object": "model", "created": 5,
+                                                 "owned_by": "vllm", "max_model_len": 2048},
+                                                {"id": "other-model", "object": "model", "created": 5,
                                                  "owned_by": "vllm", "max_model_len": 2048}]}
     responses.get(f"{UPSTREAM}/v1/models", json=upstream_list)
-    assert client.get("/v1/models").json == upstream_list
+    listing = client.get("/v1/models").json
+    assert listing["object"] == "list"
+    assert [(m["id"], m["object"], m["owned_by"]) for m in listing["data"]] == [
+        ("sim-model", "model", "vllm"), ("other-model", "model", "vllm")]
 
 
 # --- relayed streams ---
