@@ -12,6 +12,8 @@ from flask import Flask, Response, g, request, request_started
 
 from app import exchange as exchanges
 from app import metrics, shared_state
+from app.upstream import replicas
+from app.upstream.replicas import Replica
 from app.exchange import REJECTED, UPSTREAM_ERROR, Exchange
 
 OVERHEAD_HEADER = "X-Sluice-Overhead-Ms"
@@ -33,6 +35,10 @@ def init_app(app: Flask) -> None:
     exchanges.opened.connect(_generation_opened)
     exchanges.finished.connect(_generation_finished)
     shared_state.degraded.connect(_shared_state_failed)
+    replicas.observed.connect(_replica_observed)
+    replicas.request_started.connect(_replica_request_started)
+    replicas.request_ended.connect(_replica_request_ended)
+    replicas.failed.connect(_replica_failed)
 
 
 def _mark_start(sender: Flask, **extra: object) -> None:
@@ -57,6 +63,27 @@ def _record_response(response: Response) -> Response:
     duration = metrics.REQUEST_DURATION.labels(route)
     response.call_on_close(lambda: duration.observe(time.perf_counter() - started))
     return response
+
+
+def _replica_observed(replica: Replica) -> None:
+    metrics.REPLICA_UP.labels(replica.url).set(1 if replica.serving() else 0)
+    if replica.load is not None:
+        metrics.REPLICA_RUNNING.labels(replica.url).set(replica.load.running)
+        metrics.REPLICA_WAITING.labels(replica.url).set(replica.load.waiting)
+        metrics.REPLICA_KV_CACHE.labels(replica.url).set(replica.load.kv_cache_usage)
+
+
+def _replica_request_started(replica: Replica) -> None:
+    metrics.REPLICA_REQUESTS.labels(replica.url).inc()
+    metrics.REPLICA_OUTSTANDING.labels(replica.url).inc()
+
+
+def _replica_request_ended(replica: Replica) -> None:
+    metrics.REPLICA_OUTSTANDING.labels(replica.url).dec()
+
+
+def _replica_failed(replica: Replica, code: str = "unknown") -> None:
+    metrics.REPLICA_FAILURES.labels(replica.url, code).inc()
 
 
 def _shared_state_failed(sender: object, operation: str = "unknown", **extra: object) -> None:

@@ -54,8 +54,20 @@ UPSTREAM_ERRORS = Counter("sluice_upstream_errors_total", "Generations that fail
                           "(the error code clients see) and replica.", ["kind", "replica"])
 SHARED_STATE_ERRORS = Counter("sluice_shared_state_errors_total", "Redis operations that failed and were served by "
                               "the configured failure mode (SLUICE_REDIS_FAILURE_MODE).", ["operation"])
-REPLICA_UP = Gauge("sluice_replica_up", "1 when the replica's last health check passed, else 0.", ["replica"],
-                   multiprocess_mode="mostrecent")
+REPLICA_UP = Gauge("sluice_replica_up", "1 when the replica is in rotation (healthy or recovering), else 0.",
+                   ["replica"], multiprocess_mode="mostrecent")
+REPLICA_OUTSTANDING = Gauge("sluice_replica_outstanding_requests", "Requests the gateway has open on the replica.",
+                            ["replica"], multiprocess_mode="livesum")
+REPLICA_REQUESTS = Counter("sluice_replica_requests_total", "Requests sent to the replica (each failover try "
+                           "counts).", ["replica"])
+REPLICA_FAILURES = Counter("sluice_replica_failures_total", "Failures charged to the replica, by kind (the error "
+                           "code), including those retried on another replica.", ["replica", "kind"])
+REPLICA_RUNNING = Gauge("sluice_replica_running_requests", "vllm:num_requests_running as last read from the "
+                        "replica's /metrics.", ["replica"], multiprocess_mode="mostrecent")
+REPLICA_WAITING = Gauge("sluice_replica_waiting_requests", "vllm:num_requests_waiting as last read from the "
+                        "replica's /metrics.", ["replica"], multiprocess_mode="mostrecent")
+REPLICA_KV_CACHE = Gauge("sluice_replica_kv_cache_usage_ratio", "vllm:kv_cache_usage_perc (0 to 1) as last read "
+                         "from the replica's /metrics.", ["replica"], multiprocess_mode="mostrecent")
 
 
 def key_label(key_name: str | None) -> str:

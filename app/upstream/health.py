@@ -19,7 +19,7 @@ from gevent.event import Event
 
 from app.errors import ApiError, UpstreamBadResponse
 from app.upstream.load import parse_vllm_metrics
-from app.upstream.replicas import EJECTED, Client, Replica
+from app.upstream.replicas import EJECTED, Client, Replica, observed
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,7 @@ def probe(replica: Replica) -> None:
         replica.client.check_health()  # each kind's client knows its own liveness path
     except ApiError as exc:
         replica.health_failed(exc.message)
+        observed.send(replica)
         return
     replica.health_passed()
     if not replica.models_configured and (replica.models is None or (returning and replica.serving())):

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 import requests
+from blinker import Namespace
 
 from app.upstream.load import Load
 from app.upstream.specs import ReplicaSpec
@@ -28,6 +29,13 @@ log = logging.getLogger(__name__)
 
 HEALTHY, EJECTED, RECOVERING = "healthy", "ejected", "recovering"
 SERVING = (HEALTHY, RECOVERING)
+
+# For metrics (app/instrument.py), so that routing knows nothing of them. Sender: the Replica.
+_signals = Namespace()
+observed = _signals.signal("sluice.replica-observed")  # its state or load figures may have changed
+request_started = _signals.signal("sluice.replica-request-started")
+request_ended = _signals.signal("sluice.replica-request-ended")
+failed = _signals.signal("sluice.replica-failed")  # with code=: a failure charged to it
 RECOVERY_START_SHARE = 0.1  # of its weight, for a replica that has just returned
 # Load-aware score: a queued request weighs more than a running one (the replica is at its
 # batch limit, so a new request waits too), and a full KV cache as much as this many more
@@ -113,15 +121,18 @@ class Replica:
         """A request of this worker goes to it."""
         self.outstanding += 1
         self.requests += 1
+        request_started.send(self)
 
     def release(self) -> None:
         """A request of this worker has finished with it."""
         self.outstanding -= 1
+        request_ended.send(self)
 
     def set_load(self, load: Load | None) -> None:
         """Figures just read from its /metrics (None: unknown)."""
         self.load = load
         self.outstanding_at_scrape = self.outstanding
+        observed.send(self)
 
     def queue_estimate(self) -> float:
         """Requests at the replica now: its own figures as last read, plus what this worker sent since."""
@@ -146,6 +157,7 @@ class Replica:
     def record_failure(self, code: str, reason: str) -> None:
         """A request failed because of it (down, overloaded, broken, too slow)."""
         self.failures[code] += 1
+        failed.send(self, code=code)
         self.consecutive_failures += 1
         if self.current_state() == RECOVERING or self.consecutive_failures >= self.policy.eject_after:
             self.eject(f"{self.consecutive_failures} failed request(s), the last: {reason}")
@@ -179,6 +191,7 @@ class Replica:
         if state == HEALTHY:
             self.reason = ""  # back in full: the last ejection no longer explains anything
         self.state, self.state_since = state, self.clock()
+        observed.send(self)
 
     def snapshot(self) -> dict[str, Any]:
         """Its figures for /readyz and metrics."""

@@ -165,3 +165,31 @@ def test_prefix_affinity_keeps_a_prefix_on_one_replica_within_the_load_bound(tmp
     at_home = running[sims.index(home)]
     # Twelve at once, bound 2: the home replica takes up to 2 x 12 / 3 = 8, the rest spill over.
     assert 4 <= at_home <= 8 and at_home == max(running), running
+
+
+def replica_metrics(gateway: Gateway) -> dict[tuple[str, tuple], float]:
+    """The sluice_replica_* samples of /metrics as {(name, labels): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = requests.get(gateway.url + "/metrics", timeout=10).text
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples
+            if sample.name.startswith("sluice_replica_")}
+
+
+def test_per_replica_metrics(tmp_path):
+    with cluster(tmp_path, [[], ["--fault", "status_503"]], HEALTH_INTERVAL="0.2",
+                 ROUTING_STRATEGY="round_robin") as (gateway, sims):
+        good, bad = sims[0].url, sims[1].url
+        for i in range(6):
+            assert generate(gateway, {"prompt": f"q {i}", "max_tokens": 2})[0] == 200
+        wait_until(lambda: replica_metrics(gateway).get(("sluice_replica_running_requests",
+                                                         (("replica", good),))) is not None, 10, "a scrape")
+        figures = replica_metrics(gateway)
+    requests_to = {url: figures.get(("sluice_replica_requests_total", (("replica", url),)), 0) for url in (good, bad)}
+    assert requests_to[good] == 6, figures
+    assert 1 <= requests_to[bad] < 6, "the failing replica was tried, then ejected"
+    assert figures[("sluice_replica_failures_total", (("kind", "upstream_overloaded"), ("replica", bad)))] >= 1
+    assert figures[("sluice_replica_up", (("replica", good),))] == 1
+    assert figures[("sluice_replica_up", (("replica", bad),))] == 0
+    assert figures[("sluice_replica_outstanding_requests", (("replica", good),))] == 0
