@@ -1,13 +1,15 @@
-"""Small network probes: is a port free, does a URL answer, wait until it does."""
+"""Small network probes: is a port free, does a URL answer 200, wait until it does."""
 from __future__ import annotations
 
 import socket
 import time
-import urllib.error
 import urllib.request
 from typing import Callable
 
 from app.engine.report import EngineError, Waiting
+
+# Loopback probes must not go through an HTTP proxy named in the environment.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def port_is_free(host: str, port: int) -> bool:
@@ -17,31 +19,25 @@ def port_is_free(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) != 0
 
 
-# Loopback probes must not go through an HTTP proxy named in the environment.
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def answers(url: str, timeout: float = 2.0, any_status: bool = False) -> bool:
-    """True when GET url returns 200 (or, with any_status, any HTTP response at all)."""
+def answers(url: str, timeout: float = 2.0) -> bool:
+    """True when GET url returns 200."""
     try:
         with _OPENER.open(url, timeout=timeout) as response:
-            return response.status == 200 or any_status
-    except urllib.error.HTTPError:
-        return any_status
-    except (OSError, ValueError):
+            return response.status == 200
+    except (OSError, ValueError):  # URLError and HTTPError are OSErrors
         return False
 
 
 def wait_until_answers(url: str, what: str, timeout: float, alive: Callable[[], bool],
-                       died: Callable[[], EngineError], any_status: bool = False) -> float:
-    """Poll url until it answers, showing the elapsed seconds; returns them.
+                       died: Callable[[], EngineError]) -> float:
+    """Poll url until it answers 200, showing the elapsed seconds; returns them.
 
     Raises died() as soon as alive() turns false, and EngineError after timeout seconds.
     """
     waiting = Waiting(what)
     try:
         while True:
-            if answers(url, timeout=2.0, any_status=any_status):
+            if answers(url):
                 return waiting.elapsed
             if not alive():
                 raise died()

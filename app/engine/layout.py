@@ -52,6 +52,10 @@ class EngineLayout:
     def run(self) -> Path:
         return self.home / "run"
 
+    def state_file(self, configured: str, port: int) -> Path:
+        """ENGINE_STATE_FILE, or run/engine-<port>.json (one per engine port, so two serves never share one)."""
+        return Path(configured).expanduser() if configured else self.run / f"engine-{port}.json"
+
     def log_file(self, name: str) -> Path:
         """A log file under logs/, its folder created."""
         self.logs.mkdir(parents=True, exist_ok=True)

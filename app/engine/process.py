@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -70,6 +71,20 @@ class EngineSpec:
         return env
 
 
+def exit_reason(returncode: int | None) -> str:
+    """How the engine ended, in words: its exit code, and the signal that killed it if any."""
+    if returncode is not None and returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        # SIGKILL out of nowhere is most often the kernel's out-of-memory killer.
+        hint = ", out of memory?" if name == "SIGKILL" else ""
+        return f"the engine exited with code {returncode} (killed by {name}{hint})"
+    return f"the engine exited with code {returncode}"
+
+
+
 class EngineProcess:
     """vLLM started in its own process group, its output appended to a log file."""
 
@@ -109,8 +124,7 @@ class EngineProcess:
     def wait_ready(self, timeout: float) -> float:
         """Wait for GET /health to answer 200, showing the elapsed seconds; returns them."""
         def died() -> EngineError:
-            return self.failure(f"the engine exited with code {self.child.returncode if self.child else '?'} "
-                                "while starting")
+            return self.failure(f"{exit_reason(self.child.returncode if self.child else None)} while starting")
 
         try:
             return wait_until_answers(f"{self.spec.url}/health", "the engine", timeout, self.alive, died)

@@ -10,9 +10,18 @@ class EngineError(RuntimeError):
     """A step of the embedded engine failed; the message says what failed and what to do."""
 
 
+def _write(text: str) -> None:
+    # A closed terminal or a `| tee` ended by Ctrl-C must not interrupt a shutdown in progress.
+    try:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
 def say(message: str) -> None:
     """Print one progress line (on stderr, where gunicorn logs too, so the two interleave in order)."""
-    print(f"sluice: {message}", file=sys.stderr, flush=True)
+    _write(f"sluice: {message}\n")
 
 
 def tail(path: Path, lines: int = 25, start: int = 0) -> str:
@@ -35,7 +44,10 @@ class Waiting:
     def __init__(self, what: str) -> None:
         self.what = what
         self.started = time.monotonic()
-        self._interactive = sys.stderr.isatty()
+        try:
+            self._interactive = sys.stderr.isatty()
+        except (OSError, ValueError):
+            self._interactive = False
         self._last_line = 0.0
         self._dirty = False
 
@@ -46,9 +58,10 @@ class Waiting:
     def tick(self) -> None:
         """Show the elapsed time now (cheap: call it on every poll)."""
         elapsed = self.elapsed
+        if elapsed < 1.0:  # a short wait needs no line (and would interleave with the child's output)
+            return
         if self._interactive:
-            sys.stderr.write(f"\rsluice: waiting for {self.what}: {elapsed:.0f} s ")
-            sys.stderr.flush()
+            _write(f"\rsluice: waiting for {self.what}: {elapsed:.0f} s ")
             self._dirty = True
         elif elapsed - self._last_line >= self.EVERY:
             self._last_line = elapsed
@@ -57,6 +70,5 @@ class Waiting:
     def end(self) -> None:
         """Leave the rewritten line so the next message starts on a line of its own."""
         if self._dirty:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
+            _write("\n")
             self._dirty = False
