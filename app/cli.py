@@ -57,6 +57,25 @@ def serve(args: argparse.Namespace) -> int:
     return run_serve(_load_settings(), shlex.split(args.engine_args))
 
 
+def _config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--markdown", action="store_true",
+                        help="print the table of every setting, as in docs/configuration.md")
+
+
+@command("config", arguments=_config_arguments)
+def show_config(args: argparse.Namespace) -> int:
+    """Check the SLUICE_* settings and print each one's value (secrets masked)."""
+    from app import config
+
+    if args.markdown:
+        print(config.markdown_table(), end="")
+        return 0
+    for name, value in _load_settings().items():
+        secret = value and any(word in name for word in ("TOKEN", "API_KEY", "REDIS_URL"))
+        print(f"{config.SETTINGS_BY_NAME[name].env_var}={'***' if secret else value}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser with one subparser per registered command."""
     parser = argparse.ArgumentParser(

@@ -53,7 +53,10 @@ class Setting:
     def coerce(self, value: Any) -> Any:
         """Turn a raw value (a string from the environment, or a Python value) into this type."""
         if isinstance(value, str) and self.type is not str:
-            value = _PARSERS[self.type](value)
+            try:
+                value = _PARSERS[self.type](value)
+            except ValueError:
+                raise ValueError(f"expected {self.type.__name__}, got {value!r}") from None
         elif self.type is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, self.type) or (self.type is int and isinstance(value, bool)):

@@ -1,4 +1,4 @@
-"""`sluice serve`: the gateway, in front of SLUICE_UPSTREAM_URL or of an embedded vLLM it starts."""
+"""`sluice serve`: the gateway, in front of SLUICE_UPSTREAM_URL (or _UPSTREAMS_FILE) or of an embedded vLLM it starts."""
 from __future__ import annotations
 
 import contextlib
@@ -93,8 +93,9 @@ def serve(settings: Mapping[str, Any], engine_args: Sequence[str] = ()) -> int:
     code = 0
     with _signals_interrupt():
         try:
-            if settings["UPSTREAM_URL"]:
-                _run_gateway(settings, Gateway(settings), settings["UPSTREAM_URL"], stops, lambda: None)
+            configured = settings["UPSTREAM_URL"] or settings["UPSTREAMS_FILE"]
+            if configured:
+                _run_gateway(settings, Gateway(settings), configured, stops, lambda: None)
             else:
                 _serve_engine(settings, engine_args, stops)
         except KeyboardInterrupt:
