@@ -39,7 +39,9 @@ def cancel_on_disconnect(environ: dict[str, Any]) -> Iterator[None]:
         yield
     finally:
         guard.active = False
-        watcher.kill(block=False)
+        # Wait for the watcher to be gone: while it still waits on the client socket, gunicorn's
+        # next recv on that kept-alive connection fails with ConcurrentObjectUseError and drops it.
+        watcher.kill(block=True)
 
 
 def _watch(client_socket: socket.socket, request_greenlet: Any, guard: _Guard) -> None:
