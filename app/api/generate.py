@@ -9,9 +9,9 @@ import json
 from typing import Any
 
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from app import gateway
+from app.api.blueprint import Blueprint
 from app.errors import UpstreamBadResponse
 from app.schemas import ApiErrorSchema, GenerateRequestSchema, GenerateResponseSchema
 from app.streaming import sse_event

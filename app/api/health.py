@@ -5,8 +5,8 @@ import json
 from typing import Any
 
 from flask import current_app
-from flask_smorest import Blueprint
 
+from app.api.blueprint import Blueprint
 from app.errors import ApiError, Unavailable
 from app.upstream import get_upstream
 
