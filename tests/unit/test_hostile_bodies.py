@@ -5,6 +5,8 @@ import json
 
 import pytest
 
+from app.errors import MAX_LISTED_PROBLEMS
+
 
 def post(client, data: bytes, content_type: str = "application/json"):
     return client.post("/v1/generate", data=data, content_type=content_type)
@@ -31,6 +33,16 @@ def test_number_with_thousands_of_digits_is_400(client):
 def test_invalid_utf8_is_400_invalid_json(client, data):
     reply = post(client, data)
     assert reply.status_code == 400 and reply.json["error"]["code"] == "invalid_json"
+
+
+def test_huge_number_of_fields_gets_a_short_422(client):
+    body = {"prompt": "x", **{f"field{i}": 1 for i in range(50_000)}}
+    reply = post(client, json.dumps(body).encode())
+    assert reply.status_code == 422
+    message = reply.json["error"]["message"]
+    assert message.count("Unknown field") == MAX_LISTED_PROBLEMS
+    assert message.endswith(f"and {50_000 - MAX_LISTED_PROBLEMS} more problems.")
+    assert len(reply.data) < 2000
 
 
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data",
