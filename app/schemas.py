@@ -61,7 +61,8 @@ class GenerateRequestSchema(Schema):
                          metadata={"description": "Nucleus sampling mass, in (0, 1]."})
     stop = StopField(metadata={"description": "A string or up to 4 strings that end generation.",
                                "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]})
-    seed = fields.Integer(metadata={"description": "Seed for reproducible sampling."})
+    seed = fields.Integer(validate=validate.Range(min=-2**63, max=2**63 - 1),  # vLLM's bounds: a 64-bit integer
+                          metadata={"description": "Seed for reproducible sampling."})
     model = fields.String(validate=validate.Length(min=1),
                           metadata={"description": "Model name; defaults to the gateway's configured model."})
 
