@@ -8,6 +8,7 @@ from flask import Flask, request
 from flask_smorest import Api
 
 from app import config, errors
+from app.client_body import BODY_METHODS
 from app.errors import UnsupportedMediaType
 
 API_SPEC = {
@@ -17,7 +18,6 @@ API_SPEC = {
     "OPENAPI_URL_PREFIX": "/",
     "OPENAPI_JSON_PATH": "openapi.json",
 }
-_BODY_METHODS = frozenset(("POST", "PUT", "PATCH"))
 
 
 def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
@@ -29,10 +29,11 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings["MAX_BODY_BYTES"]
     logging.getLogger("app").setLevel(settings["LOG_LEVEL"].upper())
 
-    from app import request_id, upstream
+    from app import client_body, request_id, upstream
     from app.api import generate, health
 
     request_id.init_app(app)
+    client_body.init_app(app)
     upstream.init_app(app)
     app.before_request(_require_json_body)
 
@@ -45,5 +46,5 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
 
 def _require_json_body() -> None:
     """415 for a body that is not JSON, before validation would call it a missing field."""
-    if request.method in _BODY_METHODS and not request.is_json:
+    if request.method in BODY_METHODS and not request.is_json:
         raise UnsupportedMediaType("Content-Type must be application/json.")

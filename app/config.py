@@ -102,6 +102,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("HEARTBEAT_INTERVAL", float, 15.0,
             "Seconds between SSE comment lines sent while a stream waits for the upstream, so that "
             "idle-timeout proxies keep it open. 0 turns them off.", minimum=0),
+    # --- client connections ---
+    Setting("CLIENT_BODY_TIMEOUT", float, 30.0,
+            "Seconds a client has to send its whole request body; slower gets 408 and the connection is "
+            "closed, so a client trickling bytes cannot hold a connection slot forever.", minimum=0.001),
     # --- the embedded engine (`sluice serve` without SLUICE_UPSTREAM_URL) ---
     Setting("ENGINE_HOME", str, "",
             "Folder for the engine's virtual environment and converted model. Empty: ~/.cache/sluice."),

@@ -64,6 +64,7 @@ class RequestTimeout(ApiError):
 
 class PayloadTooLarge(ApiError):
     status, type, code = 413, "invalid_request_error", "body_too_large"
+    MESSAGE = "Request body is larger than the gateway accepts."
 
 
 class UnsupportedMediaType(ApiError):
@@ -160,7 +161,7 @@ def from_http_exception(exc: HTTPException) -> ApiError:
     if exc.code == 404:
         return cls("No route for this URL; see /docs for the API.")
     if exc.code == 413:
-        return cls("Request body is larger than the gateway accepts.")
+        return cls(PayloadTooLarge.MESSAGE)
     return cls(exc.description or exc.name)
 
 
