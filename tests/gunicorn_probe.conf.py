@@ -26,11 +26,12 @@ def post_worker_init(worker):
 def _report_greenlets():
     import gc
 
-    import greenlet
+    from gevent import Greenlet
 
-    # Every greenlet object the garbage collector tracks that has not finished: the hub,
-    # the accept loop, one per open connection, watchers... and this report's own.
-    live = sum(1 for obj in gc.get_objects() if isinstance(obj, greenlet.greenlet) and not obj.dead)
+    # Every gevent Greenlet not yet finished: one per open client connection, disconnect
+    # watchers, anything a request spawned, and this report's own. Raw greenlets are left
+    # out: the hub and the resolver's thread pool, which grows with concurrency and stays.
+    live = sum(1 for obj in gc.get_objects() if isinstance(obj, Greenlet) and not obj.dead)
     path = os.path.join(os.environ["GATEWAY_PROBE_DIR"], str(os.getpid()))
     with open(path + ".tmp", "w") as f:
         f.write(str(live - 1))  # minus this report's own greenlet
