@@ -46,3 +46,10 @@ _needed = 2 * worker_connections + 256
 if _soft != resource.RLIM_INFINITY and _soft < _needed:
     _target = _needed if _hard == resource.RLIM_INFINITY else min(_needed, _hard)
     resource.setrlimit(resource.RLIMIT_NOFILE, (_target, _hard))
+
+
+def post_worker_init(worker):
+    """In each worker, once gevent has patched it: end what still runs before the grace period is over."""
+    from app import shutdown  # here, not at the top: the master must not import the app
+
+    shutdown.install(worker.cfg.graceful_timeout)

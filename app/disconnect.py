@@ -4,12 +4,15 @@ Under WSGI a dead client is normally seen only on the next write, which may be a
 away while vLLM still queues the request. A watcher greenlet peeks at the client's socket
 instead; on EOF it throws ClientDisconnected into the request's greenlet, which unwinds
 out of the upstream read and closes the upstream connection, so vLLM aborts at once.
+
+The same guard lets a stopping worker end every request still waiting on the upstream
+(`interrupt_all`, used by app/shutdown.py).
 """
 from __future__ import annotations
 
 import socket
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import gevent
 from gevent import get_hub, getcurrent
@@ -19,32 +22,64 @@ class ClientDisconnected(Exception):
     """The client closed its connection before the response was complete."""
 
 
-class _Guard:
-    """Shared between the request greenlet and its watcher; single-threaded, so no lock."""
+class Guard:
+    """One request inside cancel_on_disconnect; single-threaded (greenlets), so no lock."""
 
-    def __init__(self) -> None:
-        self.active = True
+    def __init__(self, request_greenlet: Any) -> None:
+        self.request_greenlet = request_greenlet
+        self.active = True  # an interruption may still be thrown in
+        self.writing = False  # the stream handed a piece to gunicorn, which is writing it
+        self.pending: BaseException | None = None
+
+    @contextmanager
+    def writing_to_client(self) -> Iterator[None]:
+        """Around a stream's `yield`: an interruption now waits until gunicorn has written the piece.
+
+        Thrown during the write, it would surface inside gunicorn, which cuts the connection
+        without the error event.
+        """
+        self.writing = True
+        try:
+            yield
+        finally:
+            self.writing = False
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            raise pending
+
+
+_guards: set[Guard] = set()  # the requests of this worker inside cancel_on_disconnect
 
 
 @contextmanager
-def cancel_on_disconnect(environ: dict[str, Any]) -> Iterator[None]:
+def cancel_on_disconnect(environ: dict[str, Any]) -> Iterator[Guard]:
     """Within this block, a client disconnect raises ClientDisconnected in the current greenlet."""
+    guard = Guard(getcurrent())
     client_socket = environ.get("gunicorn.socket")
     if client_socket is None:  # not under gunicorn (Flask's test client): nothing to watch
-        yield
+        yield guard
         return
-    guard = _Guard()
-    watcher = gevent.spawn(_watch, client_socket, getcurrent(), guard)
+    watcher = gevent.spawn(_watch, client_socket, guard)
+    _guards.add(guard)
     try:
-        yield
+        yield guard
     finally:
         guard.active = False
+        _guards.discard(guard)
         # Wait for the watcher to be gone: while it still waits on the client socket, gunicorn's
         # next recv on that kept-alive connection fails with ConcurrentObjectUseError and drops it.
         watcher.kill(block=True)
 
 
-def _watch(client_socket: socket.socket, request_greenlet: Any, guard: _Guard) -> None:
+def interrupt_all(make_error: Callable[[], BaseException]) -> int:
+    """Raise a new error from `make_error` in every request waiting inside cancel_on_disconnect."""
+    guards = list(_guards)
+    for guard in guards:
+        get_hub().loop.run_callback(_interrupt, guard, make_error())
+    return len(guards)
+
+
+def _watch(client_socket: socket.socket, guard: Guard) -> None:
     try:
         peeked = client_socket.recv(1, socket.MSG_PEEK)
     except OSError:
@@ -53,10 +88,14 @@ def _watch(client_socket: socket.socket, request_greenlet: Any, guard: _Guard) -
         return  # the client sent more (a pipelined request): it is alive, stop watching
     # Throw from the hub, and only if the request is still inside the guarded block: by the
     # time this callback runs it may have finished and moved on to another request.
-    get_hub().loop.run_callback(_interrupt, request_greenlet, guard)
+    get_hub().loop.run_callback(_interrupt, guard, ClientDisconnected())
 
 
-def _interrupt(request_greenlet: Any, guard: _Guard) -> None:
-    if guard.active and not request_greenlet.dead:
-        guard.active = False
-        request_greenlet.throw(ClientDisconnected())
+def _interrupt(guard: Guard, error: BaseException) -> None:
+    if not guard.active or guard.request_greenlet.dead:
+        return
+    guard.active = False
+    if guard.writing:
+        guard.pending = error
+    else:
+        guard.request_greenlet.throw(error)

@@ -53,8 +53,10 @@ def relay(response: requests.Response, environ: dict[str, Any], transform: Event
           exchange: Exchange) -> Iterator[bytes]:
     """Yield the client's SSE bytes for each upstream event; the upstream is closed when done."""
     try:
-        with cancel_on_disconnect(environ):
-            yield from _events(response, transform, exchange)
+        with cancel_on_disconnect(environ) as guard:
+            for piece in _events(response, transform, exchange):
+                with guard.writing_to_client():
+                    yield piece
         exchange.finish(COMPLETED)
     except ApiError as exc:
         exchange.finish(UPSTREAM_ERROR, exc.status, exc.code)
