@@ -5,7 +5,6 @@ import logging
 from typing import Any, Mapping
 
 from flask import Flask, request
-from flask_smorest import Api
 
 from app import config, errors
 from app.client_body import BODY_METHODS
@@ -31,6 +30,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
 
     from app import client_body, request_id, upstream
     from app.api import generate, health
+    from app.api.smorest import Api
 
     request_id.init_app(app)
     client_body.init_app(app)

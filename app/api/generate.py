@@ -11,7 +11,7 @@ from typing import Any
 from flask.views import MethodView
 
 from app import gateway
-from app.api.blueprint import Blueprint
+from app.api.smorest import Blueprint
 from app.errors import UpstreamBadResponse
 from app.schemas import ApiErrorSchema, GenerateRequestSchema, GenerateResponseSchema
 from app.streaming import sse_event
@@ -25,7 +25,11 @@ _STREAM_DOC = {
     "description": "Server-Sent Events: `data: {\"id\", \"text\", \"finish_reason\"}` per piece of "
                    "text, a last event that also carries `usage`, then `data: [DONE]`. An error after "
                    "the stream began comes as `data: {\"error\": {...}}` followed by `data: [DONE]`.",
-    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    # OpenAPI 3.0 has `schema` describe one event of the stream (3.2's itemSchema).
+    "content": {"text/event-stream": {"schema": {
+        "type": "object", "required": ["data"],
+        "properties": {"data": {"type": "string", "description": "A JSON object, or `[DONE]` last."}},
+    }}},
 }
 _PASSED_THROUGH = ("max_tokens", "temperature", "top_p", "stop", "seed")
 

@@ -6,8 +6,9 @@ from typing import Any
 
 from flask import current_app
 
-from app.api.blueprint import Blueprint
+from app.api.smorest import Blueprint
 from app.errors import ApiError, Unavailable
+from app.schemas import ApiErrorSchema, HealthSchema, ReadySchema
 from app.upstream import get_upstream
 
 blp = Blueprint("health", __name__, description="Liveness and readiness probes.")
@@ -28,12 +29,15 @@ def engine_problem(state_file: str) -> str | None:
 
 
 @blp.route("/healthz")
+@blp.response(200, HealthSchema)
 def healthz() -> dict[str, str]:
     """The process is alive (no upstream check)."""
     return {"status": "ok"}
 
 
 @blp.route("/readyz")
+@blp.response(200, ReadySchema)
+@blp.alt_response(503, schema=ApiErrorSchema, description="Not ready: the reason is in the message")
 def readyz() -> dict[str, str]:
     """200 when the upstream answers its health check; else 503 with the reason."""
     problem = engine_problem(current_app.config["ENGINE_STATE_FILE"])

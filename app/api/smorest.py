@@ -1,5 +1,5 @@
-"""The Blueprint every API module builds on: flask-smorest's, with a JSON parser that answers
-every body Python's json module cannot turn into objects with a 400, never a 500."""
+"""flask-smorest, adapted: the Blueprint every API module builds on parses JSON bodies without
+ever failing with a 500, and the OpenAPI document describes errors in the one shape they have."""
 from __future__ import annotations
 
 import json
@@ -10,6 +10,7 @@ import flask_smorest
 from webargs.flaskparser import FlaskParser
 
 from app.errors import InvalidRequest
+from app.schemas import ApiErrorSchema, ConfiguredMaximum
 
 
 class JSONBodyParser(FlaskParser):
@@ -32,3 +33,23 @@ class Blueprint(flask_smorest.Blueprint):
     """flask-smorest's Blueprint with the parser above (flask-smorest's documented way to swap it)."""
 
     ARGUMENTS_PARSER = JSONBodyParser()
+
+
+class Api(flask_smorest.Api):
+    """flask-smorest's Api: the documented default error is ours, and limits set by settings
+    (ConfiguredMaximum) appear in the document with this deployment's values."""
+
+    ERROR_SCHEMA = ApiErrorSchema
+
+    def init_app(self, app: flask.Flask, *args: Any, **kwargs: Any) -> None:
+        super().init_app(app, *args, **kwargs)
+        settings = app.config
+
+        def configured_maximum(converter: Any, field: Any, ret: dict[str, Any]) -> dict[str, Any]:
+            limits = [v for v in field.validators if isinstance(v, ConfiguredMaximum)]
+            if not limits:
+                return {}
+            key = "maxLength" if ret.get("type") == "string" else "maximum"
+            return {key: min(settings[limit.setting_name] for limit in limits)}
+
+        self.ma_plugin.converter.add_attribute_function(configured_maximum)
