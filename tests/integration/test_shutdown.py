@@ -12,7 +12,7 @@ import requests
 from tests.servers import Gateway, Simulator, wait_until
 from tests.sse_client import StreamResult, stream
 
-GRACEFUL = 4  # seconds; the gateway ends what still runs 2 s before gunicorn's kill
+GRACEFUL = 6  # seconds; the gateway ends what still runs 2 s before gunicorn's kill
 STREAMS = 50
 SHORT, LONG = 20, 2000  # tokens at 50 ms each: 1 s (finishes in time) and 100 s (cannot)
 

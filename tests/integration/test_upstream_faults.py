@@ -1,7 +1,7 @@
 """Every fault bench/simulator.py injects, through real gunicorn: what the client sees, and that
 the worker holds no more sockets, file descriptors or greenlets afterwards than before.
 
-One gateway (one gevent worker, read timeout 0.5 s) serves the whole module; its upstream
+One gateway (one gevent worker, read timeout 1 s) serves the whole module; its upstream
 port is served in turn by a simulator started with `--fault F` (the gateway does not
 forward x-sim-* headers, so the fault is the simulator's, not the request's).
 """
@@ -56,7 +56,7 @@ def gateway(tmp_logs, tmp_path_factory):
     """One worker with a greenlet probe, in front of a port the module's simulators take in turn."""
     port = free_port()
     gw = Gateway({"SLUICE_UPSTREAM_URL": f"http://127.0.0.1:{port}", "SLUICE_MODEL": "sim-model",
-                  "SLUICE_UPSTREAM_READ_TIMEOUT": "0.5"},
+                  "SLUICE_UPSTREAM_READ_TIMEOUT": "1"},
                  log=tmp_logs / "faults-gateway.log", probe_dir=tmp_path_factory.mktemp("probe"))
     gw.upstream_port = port
     gw.worker = worker_pid(gw.proc.pid)
