@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test test-fast bench system-deps clean
+.PHONY: serve test test-fast bench soak audit system-deps clean
 
 serve: $(STAMP)
 	$(BIN)/sluice serve
@@ -18,6 +18,16 @@ test-fast: $(STAMP)
 
 bench: $(STAMP) system-deps
 	$(BIN)/python -m bench.run
+
+# 50,000 mixed requests through one worker: memory must settle, fds come back (docs/reliability.md).
+# Minutes, not seconds: not part of `make test`.
+soak: $(STAMP)
+	$(BIN)/python -m bench.soak
+
+# Known vulnerabilities in the pinned packages (docs/security.md, "Dependency audit"); --strict:
+# a package the vulnerability service cannot look up fails the audit instead of passing unchecked.
+audit: $(STAMP)
+	$(BIN)/pip-audit --requirement requirements.txt --no-deps --strict --progress-spinner off
 
 $(STAMP): requirements.txt setup.cfg
 	@echo "==> creating the gateway's environment in $(VENV)"

@@ -74,3 +74,10 @@ def child_exit(server, worker):
 def on_exit(server):
     if not _settings["METRICS_DIR"]:  # a folder of our own, in the temp folder
         _metrics_dir.remove(os.environ[_metrics_dir.ENV_VAR])
+
+
+def post_worker_init(worker):
+    """In each worker, once gevent has patched it: end what still runs before the grace period is over."""
+    from app import shutdown  # here, not at the top: the master must not import the app
+
+    shutdown.install(worker.cfg.graceful_timeout)

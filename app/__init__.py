@@ -6,6 +6,7 @@ from typing import Any, Mapping
 from flask import Flask, request
 
 from app import config, errors
+from app.client_body import BODY_METHODS
 from app.errors import UnsupportedMediaType
 
 API_SPEC = {
@@ -15,7 +16,6 @@ API_SPEC = {
     "OPENAPI_URL_PREFIX": "/",
     "OPENAPI_JSON_PATH": "openapi.json",
 }
-_BODY_METHODS = frozenset(("POST", "PUT", "PATCH"))
 
 
 def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
@@ -26,12 +26,14 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     app.config.update(API_SPEC)
     app.config["MAX_CONTENT_LENGTH"] = settings["MAX_BODY_BYTES"]
 
-    from app import admission, auth, instrument, limits, logs, proxies, request_id, shared_state, upstream
+    from app import (admission, auth, client_body, instrument, limits, logs, proxies, request_id, shared_state,
+                     upstream)
     from app.api import generate, health, metrics, openai, ws
     from app.docs import Api
 
     logs.init_app(app)
     request_id.init_app(app)
+    client_body.init_app(app)
     instrument.init_app(app)
     shared_state.init_app(app)  # Redis, if configured, and its outage policy: before its users below
     auth.init_app(app)  # before limits: they count per key
@@ -46,6 +48,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     api.register_blueprint(generate.blp)
     api.register_blueprint(openai.blp)
     ws.init_app(app, api.spec)
+    api.document_security(app)  # last: it amends the routes registered above
     errors.register(app)  # after Api(): replaces flask-smorest's own error handler
     proxies.init_app(app)  # last: the outermost WSGI layer, so every layer sees the client's address
     return app
@@ -53,5 +56,5 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
 
 def _require_json_body() -> None:
     """415 for a body that is not JSON, before validation would call it a missing field."""
-    if request.method in _BODY_METHODS and not request.is_json:
+    if request.method in BODY_METHODS and not request.is_json:
         raise UnsupportedMediaType("Content-Type must be application/json.")

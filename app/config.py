@@ -156,6 +156,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("METRICS_DIR", str, "",
             "Folder where gunicorn workers keep their metrics (prometheus-client multiprocess mode); emptied "
             "at start. Empty: a new folder in the system temp folder, removed at exit."),
+    # --- client connections ---
+    Setting("CLIENT_BODY_TIMEOUT", float, 30.0,
+            "Seconds a client has to send its whole request body; slower gets 408 and the connection is "
+            "closed, so a client trickling bytes cannot hold a connection slot forever.", minimum=0.001),
     # --- the embedded engine (`sluice serve` without SLUICE_UPSTREAM_URL) ---
     Setting("ENGINE_HOME", str, "",
             "Folder for the engine's virtual environment and converted model. Empty: ~/.cache/sluice."),

@@ -4,7 +4,10 @@ Under WSGI a dead client is normally seen only on the next write, which may be a
 away while vLLM still queues the request. A watcher greenlet peeks at the client's socket
 instead; on EOF it throws ClientDisconnected into the request's greenlet, which unwinds
 out of the upstream read and closes the upstream connection, so vLLM aborts at once.
-The same throw (`interruptible`) serves the WebSocket's cancel message.
+
+The same guarded throw (`interruptible`) serves the WebSocket's cancel message, and lets a
+stopping worker end every request still waiting on the upstream (`interrupt_all`, used by
+app/shutdown.py).
 """
 from __future__ import annotations
 
@@ -28,61 +31,93 @@ class CancelRequested(ClientCancelled):
     """The client asked to stop the generation (the WebSocket's cancel message)."""
 
 
-Interrupt = Callable[[BaseException], None]
+class Guard:
+    """One greenlet inside an interruptible block; single-threaded (greenlets), so no lock."""
 
+    def __init__(self, request_greenlet: Any) -> None:
+        self.request_greenlet = request_greenlet
+        self.active = True  # an interruption may still be thrown in
+        self.writing = False  # the stream handed a piece to gunicorn, which is writing it
+        self.pending: BaseException | None = None
 
-class _Guard:
-    """Shared between the guarded greenlet and its watchers; single-threaded, so no lock."""
-
-    def __init__(self) -> None:
-        self.active = True
-
-
-@contextmanager
-def interruptible() -> Iterator[Interrupt]:
-    """Within this block, the yielded function (called from any greenlet) raises its exception here."""
-    guard = _Guard()
-    target = getcurrent()
-
-    def interrupt(exc: BaseException) -> None:
+    def interrupt(self, error: BaseException) -> None:
+        """Raise `error` in the guarded greenlet (callable from any greenlet), if it is still inside."""
         # Throw from the hub, and only if the block is still running: by the time this
         # callback runs, the greenlet may have left it and moved on to other work.
-        get_hub().loop.run_callback(_throw, target, guard, exc)
+        get_hub().loop.run_callback(_interrupt, self, error)
 
-    try:
-        yield interrupt
-    finally:
-        guard.active = False
+    @contextmanager
+    def writing_to_client(self) -> Iterator[None]:
+        """Around a stream's `yield`: an interruption now waits until gunicorn has written the piece.
 
-
-def _throw(target: Any, guard: _Guard, exc: BaseException) -> None:
-    if guard.active and not target.dead:
-        guard.active = False
-        target.throw(exc)
-
-
-@contextmanager
-def cancel_on_disconnect(environ: dict[str, Any]) -> Iterator[None]:
-    """Within this block, a client disconnect raises ClientDisconnected in the current greenlet."""
-    client_socket = environ.get("gunicorn.socket")
-    if client_socket is None:  # not under gunicorn (Flask's test client): nothing to watch
-        yield
-        return
-    with interruptible() as interrupt:
-        watcher = gevent.spawn(_watch, client_socket, interrupt)
+        Thrown during the write, it would surface inside gunicorn, which cuts the connection
+        without the error event.
+        """
+        self.writing = True
         try:
             yield
         finally:
-            # Wait for it to die: gunicorn reads the next keep-alive request from this socket
-            # next, and gevent refuses a read while the watcher still waits on the socket.
-            watcher.kill()
+            self.writing = False
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            raise pending
 
 
-def _watch(client_socket: socket.socket, interrupt: Interrupt) -> None:
+_guards: set[Guard] = set()  # the greenlets of this worker inside an interruptible block
+
+
+@contextmanager
+def interruptible() -> Iterator[Guard]:
+    """Within this block, guard.interrupt(error) from any greenlet raises the error here."""
+    guard = Guard(getcurrent())
+    _guards.add(guard)
+    try:
+        yield guard
+    finally:
+        guard.active = False
+        _guards.discard(guard)
+
+
+@contextmanager
+def cancel_on_disconnect(environ: dict[str, Any]) -> Iterator[Guard]:
+    """Within this block, a client disconnect raises ClientDisconnected in the current greenlet."""
+    with interruptible() as guard:
+        client_socket = environ.get("gunicorn.socket")
+        if client_socket is None:  # not under gunicorn (Flask's test client): nothing to watch
+            yield guard
+            return
+        watcher = gevent.spawn(_watch, client_socket, guard)
+        try:
+            yield guard
+        finally:
+            # Wait for the watcher to be gone: while it still waits on the client socket, gunicorn's
+            # next recv on that kept-alive connection fails with ConcurrentObjectUseError and drops it.
+            watcher.kill(block=True)
+
+
+def interrupt_all(make_error: Callable[[], BaseException]) -> int:
+    """Raise a new error from `make_error` in every greenlet inside an interruptible block."""
+    guards = list(_guards)
+    for guard in guards:
+        guard.interrupt(make_error())
+    return len(guards)
+
+
+def _watch(client_socket: socket.socket, guard: Guard) -> None:
     try:
         peeked = client_socket.recv(1, socket.MSG_PEEK)
     except OSError:
         peeked = b""
     if peeked:
         return  # the client sent more (a pipelined request): it is alive, stop watching
-    interrupt(ClientDisconnected())
+    guard.interrupt(ClientDisconnected())
+
+
+def _interrupt(guard: Guard, error: BaseException) -> None:
+    if not guard.active or guard.request_greenlet.dead:
+        return
+    guard.active = False
+    if guard.writing:
+        guard.pending = error
+    else:
+        guard.request_greenlet.throw(error)

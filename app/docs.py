@@ -11,10 +11,12 @@ from typing import Any
 
 import flask_smorest
 from flask import Flask, Response, send_from_directory
-from flask_smorest import Blueprint
 from swagger_ui_bundle import swagger_ui_path
 
-from app.schemas import ApiErrorSchema, StreamEventSchema
+from app.api.smorest import Blueprint
+from app.auth import OPEN_PATHS
+from app.config import authentication_required
+from app.schemas import ApiErrorSchema, ConfiguredMaximum, StreamEventSchema
 
 ASSETS_URL = "/docs/assets/"
 _DESCRIPTION = (
@@ -51,10 +53,8 @@ class Api(flask_smorest.Api):
         super().init_app(app, **kwargs)
         self.register_blueprint(assets)
         self.spec.components.schema("StreamEvent", schema=StreamEventSchema)
-        self.spec.components.security_scheme("metricsToken", {
-            "type": "http", "scheme": "bearer",
-            "description": "SLUICE_METRICS_TOKEN, when the operator has set one."})
         # flask-smorest serves these two itself but leaves them out of the document.
+        self._document_configured_limits(app)
         self._document_rule(app, "openapi_json", {
             "summary": "This OpenAPI 3 document.", "tags": ["docs"],
             "responses": {"200": {"description": "The document.",
@@ -64,9 +64,50 @@ class Api(flask_smorest.Api):
             "responses": {"200": {"description": "An HTML page.",
                                   "content": {"text/html": {"schema": {"type": "string"}}}}}})
 
+    def document_security(self, app: Flask) -> None:
+        """Declare the bearer tokens this deployment requires, once every route is registered.
+
+        Whether /metrics or the API needs a token is a setting, so the document says so only
+        when it is on: a client (or a fuzzer) reading it must not expect a 401 that never comes.
+        """
+        paths = self.spec._paths  # apispec keeps them here; there is no public accessor to amend one
+        if app.config["METRICS_TOKEN"]:
+            self.spec.components.security_scheme("metricsToken", {
+                "type": "http", "scheme": "bearer", "description": "SLUICE_METRICS_TOKEN."})
+            _require(paths["/metrics"], "metricsToken")
+        if authentication_required(app.config):
+            self.spec.components.security_scheme("apiKey", {
+                "type": "http", "scheme": "bearer", "description": "An API key made by `sluice keys create`."})
+            for path, operations in paths.items():
+                if path not in OPEN_PATHS and not path.startswith("/docs/"):
+                    _require(operations, "apiKey")
+
+    def _document_configured_limits(self, app: Flask) -> None:
+        """Limits set by settings (ConfiguredMaximum) appear in the document with this deployment's values."""
+        settings = app.config
+
+        def configured_maximum(converter: Any, field: Any, ret: dict[str, Any]) -> dict[str, Any]:
+            limits = [v for v in field.validators if isinstance(v, ConfiguredMaximum)]
+            if not limits:
+                return {}
+            key = "maxLength" if ret.get("type") == "string" else "maximum"
+            return {key: min(settings[limit.setting_name] for limit in limits)}
+
+        self.ma_plugin.converter.add_attribute_function(configured_maximum)
+
     def _document_rule(self, app: Flask, endpoint: str, operation: dict[str, Any]) -> None:
         [rule] = app.url_map.iter_rules(f"{self._make_doc_blueprint_name()}.{endpoint}")
         self.spec.path(rule=rule, operations={"get": operation})
+
+
+def _require(operations: dict[str, Any], scheme: str) -> None:
+    """Mark every operation of a path as needing `scheme`, with its 401 answer."""
+    for operation in operations.values():
+        if isinstance(operation, dict) and "responses" in operation:
+            operation["security"] = [{scheme: []}]
+            operation["responses"].setdefault("401", {
+                "description": "Missing or wrong bearer token.",
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ApiError"}}}})
 
 
 # Headers of every generation response (the request id, and the gateway's own time).
@@ -91,8 +132,10 @@ def sse_response(description: str, event_schema: str, example: str) -> dict[str,
         "description": description,
         "headers": GENERATION_HEADERS,
         "content": {"text/event-stream": {
-            "schema": {"type": "string", "description": "`data: <JSON>` events separated by a blank line; "
-                                                        "the last is `data: [DONE]`."},
+            # OpenAPI 3.0 has `schema` describe one event of the stream (as 3.2's itemSchema does).
+            "schema": {"type": "object", "required": ["data"], "description": "One event: `data: <JSON>` and "
+                       "a blank line; the last is `data: [DONE]`.",
+                       "properties": {"data": {"type": "string", "description": "A JSON object, or `[DONE]`."}}},
             "example": example,
             # OpenAPI 3.0 cannot type the events of a stream; this extension names their schemas.
             "x-sse-data": {"oneOf": [{"$ref": f"#/components/schemas/{event_schema}"},

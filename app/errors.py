@@ -58,8 +58,13 @@ class MethodNotAllowed(ApiError):
     status, type, code = 405, "invalid_request_error", "method_not_allowed"
 
 
+class RequestTimeout(ApiError):
+    status, type, code = 408, "invalid_request_error", "body_timeout"
+
+
 class PayloadTooLarge(ApiError):
     status, type, code = 413, "invalid_request_error", "body_too_large"
+    MESSAGE = "Request body is larger than the gateway accepts."
 
 
 class UnsupportedMediaType(ApiError):
@@ -127,6 +132,10 @@ def _flatten(messages: Any, path: str = "") -> list[tuple[str, str]]:
     return [(path, str(messages))]
 
 
+# A body with thousands of unknown fields gets a short answer, not a megabyte of them.
+MAX_LISTED_PROBLEMS = 10
+
+
 def from_validation_messages(status: int, messages: dict[str, Any]) -> ApiError:
     """webargs' messages ({"json": {"field": ["rule"]}}) as one error naming each field and rule."""
     # The location ("json") says nothing to the client; the field names do.
@@ -134,7 +143,10 @@ def from_validation_messages(status: int, messages: dict[str, Any]) -> ApiError:
     if not pairs:
         return ValidationFailed("Request body is invalid.")
     rules = [(field, rule.rstrip(".")) for field, rule in pairs]
-    text = "; ".join(f"{field}: {rule}" if field else rule for field, rule in rules) + "."
+    text = "; ".join(f"{field}: {rule}" if field else rule for field, rule in rules[:MAX_LISTED_PROBLEMS])
+    if len(rules) > MAX_LISTED_PROBLEMS:
+        text += f"; and {len(rules) - MAX_LISTED_PROBLEMS} more problems"
+    text += "."
     param = pairs[0][0] or None
     if status == 400:  # webargs' 400 is "Invalid JSON body."
         return InvalidRequest(text, code="invalid_json")
@@ -154,7 +166,7 @@ def from_http_exception(exc: HTTPException) -> ApiError:
     if exc.code == 404:
         return cls("No route for this URL; see /docs for the API.")
     if exc.code == 413:
-        return cls("Request body is larger than the gateway accepts.")
+        return cls(PayloadTooLarge.MESSAGE)
     return cls(exc.description or exc.name)
 
 

@@ -58,10 +58,13 @@ class GenerateRequestSchema(Schema):
     temperature = fields.Float(load_default=0.7, validate=validate.Range(min=0, max=2),
                                metadata={"description": "Sampling temperature; 0 is greedy."})
     top_p = fields.Float(validate=validate.Range(min=0, max=1, min_inclusive=False),
-                         metadata={"description": "Nucleus sampling mass, in (0, 1]."})
+                         metadata={"description": "Nucleus sampling mass, in (0, 1].", "exclusiveMinimum": True})
     stop = StopField(metadata={"description": "A string or up to 4 strings that end generation.",
-                               "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]})
-    seed = fields.Integer(metadata={"description": "Seed for reproducible sampling."})
+                               "oneOf": [{"type": "string", "minLength": 1},
+                                         {"type": "array", "items": {"type": "string", "minLength": 1},
+                                          "maxItems": StopField.MAX_STOPS}]})
+    seed = fields.Integer(validate=validate.Range(min=-2**63, max=2**63 - 1),  # vLLM's bounds: a 64-bit integer
+                          metadata={"description": "Seed for reproducible sampling."})
     model = fields.String(validate=validate.Length(min=1),
                           metadata={"description": "Model name; defaults to the gateway's configured model."})
 
@@ -122,3 +125,16 @@ class ApiErrorSchema(Schema):
     """Every error Sluice returns: {"error": {...}}."""
 
     error = fields.Nested(ErrorDetailSchema)
+
+
+class HealthSchema(Schema):
+    """Body of GET /healthz."""
+
+    status = fields.String(metadata={"description": "Always `ok` while the process answers."})
+
+
+class ReadySchema(Schema):
+    """Body of GET /readyz when the gateway can serve."""
+
+    status = fields.String(metadata={"description": "`ready`."})
+    upstream = fields.String(metadata={"description": "Base URL of the upstream that answered its health check."})

@@ -115,7 +115,11 @@ class MessageSchema(OpenAISchema):
     """One chat message."""
 
     role = fields.String(required=True, validate=validate.OneOf(ROLES))
-    content = ContentField(metadata={"description": "A string, or a list of content parts."})
+    content = ContentField(metadata={"description": "A string, or a list of content parts.", "oneOf": [
+        {"type": "string"},
+        {"type": "array", "items": {"type": "object", "required": ["type"], "properties": {
+            "type": {"type": "string"}, "text": {"type": "string"}},
+            "description": "A content part; a `text` part needs its `text`."}}]})
     name = fields.String()
     tool_calls = fields.List(fields.Dict(), validate=_typed_objects)
     tool_call_id = fields.String()
@@ -176,7 +180,11 @@ def _check_prompt_chars(field_name: str, total: int) -> None:
 class CompletionRequestSchema(SamplingSchema):
     """Body of POST /v1/completions."""
 
-    prompt = PromptField(required=True, metadata={"description": "Text (or token ids) to continue."})
+    prompt = PromptField(required=True, metadata={"description": "Text (or token ids) to continue.", "oneOf": [
+        {"type": "string", "minLength": 1},
+        {"type": "array", "minItems": 1, "items": {"type": "string"}},
+        {"type": "array", "minItems": 1, "items": {"type": "integer"}},
+        {"type": "array", "minItems": 1, "items": {"type": "array", "minItems": 1, "items": {"type": "integer"}}}]})
     suffix = fields.String()
     echo = fields.Boolean()
     logprobs = fields.Integer(validate=validate.Range(min=0, max=MAX_LOGPROBS))
@@ -205,3 +213,19 @@ class ChatCompletionRequestSchema(SamplingSchema):
     @validates_schema(skip_on_field_errors=True)
     def _prompt_length(self, data: dict[str, Any], **kwargs: Any) -> None:
         _check_prompt_chars("messages", sum(len(text_of(m.get("content"))) for m in data["messages"]))
+
+
+class ModelSchema(Schema):
+    """One entry of GET /v1/models."""
+
+    id = fields.String(metadata={"description": "The name to put in a request's `model`."})
+    object = fields.String(metadata={"description": "`model`."})
+    created = fields.Integer()
+    owned_by = fields.String(metadata={"description": "`sluice` for a mapped name, else the replica's kind."})
+
+
+class ModelListSchema(Schema):
+    """Body of GET /v1/models."""
+
+    object = fields.String(metadata={"description": "`list`."})
+    data = fields.List(fields.Nested(ModelSchema))

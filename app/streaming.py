@@ -54,11 +54,12 @@ def relay(response: UpstreamBody, environ: dict[str, Any], transform: EventTrans
           exchange: Exchange) -> Iterator[bytes]:
     """Yield the client's SSE bytes for each upstream event; the upstream is closed when done."""
     try:
-        with failures_recorded(exchange), cancel_on_disconnect(environ):
+        with failures_recorded(exchange), cancel_on_disconnect(environ) as guard:
             for data in upstream_events(response, exchange):
                 out = transform(data)
                 if out:
-                    yield out
+                    with guard.writing_to_client():
+                        yield out
         exchange.finish(COMPLETED)
         yield DONE
     except ApiError as exc:

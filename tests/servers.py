@@ -110,11 +110,16 @@ class OllamaSimulator(SimulatedUpstream):
 class Gateway(Service):
     """Sluice under real gunicorn with gevent workers, as deployed: `gunicorn -c gunicorn.conf.py`."""
 
-    def __init__(self, settings: dict[str, str], log: Path | None = None, timeout: float = 30) -> None:
+    def __init__(self, settings: dict[str, str], log: Path | None = None, timeout: float = 30,
+                 probe_dir: Path | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {"SLUICE_BIND": f"127.0.0.1:{self.port}", "SLUICE_WORKERS": "1", **settings}
-        super().__init__("gateway", [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py"], env=env, log=log)
+        config = "gunicorn.conf.py"
+        if probe_dir is not None:  # the same settings plus a greenlet probe (tests/worker_probe.py)
+            config, env["GATEWAY_PROBE_DIR"] = "tests/gunicorn_probe.conf.py", str(probe_dir)
+        self.probe_dir = probe_dir
+        super().__init__("gateway", [str(BIN / "gunicorn"), "-c", config], env=env, log=log)
         wait_until(lambda: requests.get(self.url + "/healthz", timeout=1).ok, timeout, "gateway", self.proc)
 
 

@@ -9,9 +9,9 @@ import json
 from typing import Any
 
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from app import gateway
+from app.api.smorest import Blueprint
 from app.docs import GENERATION_HEADERS, error_responses, sse_response
 from app.errors import UpstreamBadResponse
 from app.schemas import GenerateRequestSchema, GenerateResponseSchema

@@ -8,9 +8,9 @@ import json
 from typing import Any
 
 from flask import current_app
-from flask_smorest import Blueprint
 
 from app import metrics
+from app.api.smorest import Blueprint
 from app.docs import error_responses
 from app.errors import Unavailable
 from app.schemas import HealthSchema, ReadinessSchema

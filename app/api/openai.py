@@ -12,11 +12,12 @@ import re
 from typing import Any
 
 from flask.views import MethodView
-from flask_smorest import Blueprint
+from app.api.smorest import Blueprint
+from app.docs import GENERATION_HEADERS, error_responses
 
 from app import gateway
 from app.schemas import ApiErrorSchema
-from app.schemas_openai import ChatCompletionRequestSchema, CompletionRequestSchema
+from app.schemas_openai import ChatCompletionRequestSchema, CompletionRequestSchema, ModelListSchema
 from app.upstream import errors as upstream_errors
 from app.upstream import get_upstream
 from app.upstream.models import listed_models, resolve_model
@@ -26,11 +27,21 @@ blp = Blueprint("openai", __name__, url_prefix="/v1", description="OpenAI-compat
 
 _ERROR_EVENT = re.compile(rb'\s*\{\s*"error"\s*:')
 _USAGE_ONLY = re.compile(rb'"choices":\s*\[\]')
-_STREAM_DOC = {
-    "description": "With `stream: true`, Server-Sent Events: the upstream's chunks as they come, then "
-                   "`data: [DONE]`.",
-    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+# One 200 with both shapes: the request's `stream` field chooses between them.
+_ANSWER_DOC = {
+    "description": "Without `stream`: the completion as JSON, in OpenAI's shape. With `stream: true`: "
+                   "Server-Sent Events, the upstream's chunks as they come, then `data: [DONE]`; an error "
+                   "after the stream began comes as `data: {\"error\": {...}}` then `data: [DONE]`.",
+    "headers": GENERATION_HEADERS,
+    "content": {
+        "application/json": {"schema": {"type": "object", "required": ["id", "object", "choices"]}},
+        "text/event-stream": {"schema": {
+            "type": "object", "required": ["data"], "description": "One event (OpenAPI 3.0 has `schema` "
+            "describe one event of the stream).",
+            "properties": {"data": {"type": "string", "description": "A chunk's JSON, or `[DONE]` last."}}}},
+    },
 }
+_ERRORS = error_responses(400, 404, 413, 415, 502, 503, 504)
 
 
 class CompatibleStream:
@@ -82,7 +93,7 @@ class Completions(MethodView):
     """Text completions."""
 
     @blp.arguments(CompletionRequestSchema)
-    @blp.doc(responses={"200": _STREAM_DOC})
+    @blp.doc(responses={"200": _ANSWER_DOC, **_ERRORS})
     @blp.alt_response(422, schema=ApiErrorSchema, description="Validation failed")
     def post(self, body: dict[str, Any]) -> Any:
         """Continue a prompt (OpenAI's and vLLM's /v1/completions)."""
@@ -94,7 +105,7 @@ class ChatCompletions(MethodView):
     """Chat completions."""
 
     @blp.arguments(ChatCompletionRequestSchema)
-    @blp.doc(responses={"200": _STREAM_DOC})
+    @blp.doc(responses={"200": _ANSWER_DOC, **_ERRORS})
     @blp.alt_response(422, schema=ApiErrorSchema, description="Validation failed")
     def post(self, body: dict[str, Any]) -> Any:
         """Answer a conversation (OpenAI's and vLLM's /v1/chat/completions)."""
@@ -102,6 +113,8 @@ class ChatCompletions(MethodView):
 
 
 @blp.route("/models")
+@blp.response(200, ModelListSchema)
+@blp.doc(responses=error_responses(503))
 def models() -> dict[str, Any]:
     """The model names clients may use."""
     return listed_models(get_upstream())

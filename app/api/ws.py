@@ -28,7 +28,7 @@ from werkzeug.routing import WebsocketMismatch
 
 from app import gateway
 from app.api.generate import NativeStreamTranslator, completion_request
-from app.disconnect import CancelRequested, ClientDisconnected, Interrupt, interruptible
+from app.disconnect import CancelRequested, ClientDisconnected, Guard, interruptible
 from app.errors import (ApiError, InvalidRequest, ValidationFailed, error_response, from_validation_messages,
                         internal_error)
 from app.exchange import COMPLETED, Exchange, failures_recorded
@@ -188,22 +188,22 @@ def cancel_on_message(ws: Server, pending: deque[str | bytes]) -> Iterator[None]
     A watcher greenlet reads the client's messages meanwhile; other messages are queued in
     `pending` for after the generation.
     """
-    with interruptible() as interrupt:
-        watcher = gevent.spawn(_watch, ws, interrupt, pending)
+    with interruptible() as guard:
+        watcher = gevent.spawn(_watch, ws, guard, pending)
         try:
             yield
         finally:
             watcher.kill()
 
 
-def _watch(ws: Server, interrupt: Interrupt, pending: deque[str | bytes]) -> None:
+def _watch(ws: Server, guard: Guard, pending: deque[str | bytes]) -> None:
     while True:
         try:
             raw = ws.receive()
         except ConnectionClosed:
-            interrupt(ClientDisconnected())
+            guard.interrupt(ClientDisconnected())
             return
         if is_cancel(raw):
-            interrupt(CancelRequested())
+            guard.interrupt(CancelRequested())
             return
         pending.append(raw)

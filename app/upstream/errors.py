@@ -70,6 +70,10 @@ def from_exception(exc: requests.RequestException | OSError, replica: str) -> Ap
     """The error for a transport failure: refused, reset, timed out, or garbled."""
     if isinstance(exc, (requests.ConnectTimeout, requests.ReadTimeout)):
         return UpstreamTimeout(f"upstream {replica} did not answer in time", code="upstream_timeout")
+    if isinstance(exc, requests.exceptions.ChunkedEncodingError):
+        # The body broke off: a chunk cut short, or the connection closed before its end.
+        return UpstreamBadResponse(f"upstream {replica} closed the connection in the middle of a response",
+                                   code="upstream_truncated")
     if isinstance(exc, requests.ConnectionError) and "Read timed out" in str(exc):
         # urllib3 reports a read timeout inside a streamed body as a ConnectionError.
         return UpstreamTimeout(f"upstream {replica} stopped sending in the middle of a response",

@@ -15,14 +15,19 @@ class SSEParser:
     """Feed it raw bytes as they arrive; it returns the data of each event completed so far."""
 
     def __init__(self) -> None:
-        self._pending = b""
+        self._pending = b""  # the unfinished event, line ends already made \n
+        self._after_cr = False  # the last chunk ended with \r: a \n opening the next is its pair
 
     def feed(self, chunk: bytes) -> list[bytes]:
         """Parse one more piece of the stream; return the data payloads of finished events."""
-        buffer = self._pending + chunk
-        if b"\r" in buffer:
-            buffer = self._normalise_line_ends(buffer)
-        *complete, self._pending = buffer.split(b"\n\n")
+        if not chunk:
+            return []
+        if self._after_cr and chunk.startswith(b"\n"):
+            chunk = chunk[1:]  # the second half of a \r\n split across chunks
+        self._after_cr = chunk.endswith(b"\r")
+        if b"\r" in chunk:
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        *complete, self._pending = (self._pending + chunk).split(b"\n\n")
         events = []
         for block in complete:
             data = self._event_data(block)
@@ -34,14 +39,6 @@ class SSEParser:
     def has_pending(self) -> bool:
         """True when bytes of an unfinished event are buffered."""
         return bool(self._pending.strip())
-
-    @staticmethod
-    def _normalise_line_ends(buffer: bytes) -> bytes:
-        # A trailing \r may be the first half of a \r\n split across chunks: keep it raw.
-        held = b"\r" if buffer.endswith(b"\r") else b""
-        if held:
-            buffer = buffer[:-1]
-        return buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n") + held
 
     @staticmethod
     def _event_data(block: bytes) -> bytes | None:

@@ -23,6 +23,7 @@ VALID = [
     {"prompt": "x", "stop": "\n"},
     {"prompt": "x", "stop": ["a", "b", "c", "d"]},
     {"prompt": "x", "seed": 7, "model": "sim-model"},
+    {"prompt": "x", "seed": 2**63 - 1},
     {"prompt": "é" * 32_000},
 ]
 
@@ -42,6 +43,7 @@ INVALID = [
     ({"prompt": "x", "stop": [1]}, "stop", "string"),
     ({"prompt": "x", "stop": [""]}, "stop", "not be empty"),
     ({"prompt": "x", "model": ""}, "model", "Shorter than minimum"),
+    ({"prompt": "x", "seed": 2**63}, "seed", "less than or equal to"),
     ({"prompt": "x", "temprature": 1}, "temprature", "Unknown field"),
     ([1, 2], "body", "Invalid input type"),
 ]

@@ -42,3 +42,8 @@ def test_unfinished_event_is_held_back():
 
 def test_crlf_split_between_cr_and_lf():
     assert parse_in_pieces([b"data: x\r", b"\n\r", b"\n"]) == [b"x"]
+
+
+def test_event_ended_by_lone_carriage_returns_is_complete_at_once():
+    # Held back, it would wait for a byte that never comes when the stream ends there.
+    assert SSEParser().feed(b"data: [DONE]\r\r") == [b"[DONE]"]

@@ -122,6 +122,11 @@ def test_connection_reset_mid_stream_ends_with_error_event():
     assert_ends_with_error(got, "upstream_connection_error")
 
 
+def test_chunk_cut_short_mid_stream_is_a_truncation_event():
+    broken = requests.exceptions.ChunkedEncodingError("Connection broken: IncompleteRead(10 bytes read)")
+    assert_ends_with_error(relay_all(PiecewiseResponse([chunk(" a")], then=broken)), "upstream_truncated")
+
+
 def test_read_timeout_mid_stream_is_an_upstream_timeout_event():
     got = relay_all(PiecewiseResponse([chunk(" a")], then=requests.ConnectionError("Read timed out.")))
     assert_ends_with_error(got, "upstream_timeout")
