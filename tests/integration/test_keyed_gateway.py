@@ -5,10 +5,13 @@ The `openai` package gets its own error classes for a refused key and a spent li
 """
 from __future__ import annotations
 
+import base64
+import json
 
 import openai
 import pytest
 import requests
+import websocket
 
 from app.keys import FileKeyStore, KeyRing
 from tests.servers import Gateway
@@ -82,3 +85,30 @@ def test_metrics_answer_their_token_only(gateway, ring):
     assert requests.get(gateway.url + "/v1/models", headers={"Authorization": f"Bearer {METRICS_TOKEN}"},
                         timeout=10).status_code == 401
 
+
+def test_keys_reach_neither_the_log_nor_the_metrics(gateway, ring):
+    key, _ = ring.create("leak-check", rpm=3)
+    bearer = {"Authorization": f"Bearer {key}"}
+    with client_for(gateway, key) as client:
+        client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=2)
+        assert len(list(client.completions.create(model=MODEL, prompt="x", max_tokens=2, stream=True))) == 2
+    ws = websocket.create_connection(gateway.url.replace("http://", "ws://") + "/v1/generate/ws",
+                                     header=bearer, timeout=10)
+    try:
+        ws.send(json.dumps({"prompt": "over a socket", "max_tokens": 2}))
+        assert [json.loads(ws.recv())["type"] for _ in range(3)] == ["token", "token", "done"]
+    finally:
+        ws.close()
+    # The wrong ways to send it, refused, and a request over the key's limit.
+    basic = base64.b64encode(f"{key}:".encode()).decode()
+    refusals = [requests.get(gateway.url + "/v1/models", params={"api_key": key}, timeout=10),
+                requests.get(gateway.url + "/v1/models", headers={"Authorization": f"Basic {basic}"}, timeout=10),
+                requests.get(gateway.url + "/v1/models", headers=bearer, timeout=10)]
+    assert [r.status_code for r in refusals] == [401, 401, 429]
+
+    metrics = scrape(gateway).text
+    assert 'key_name="leak-check"' in metrics, "the key is known by its name"
+    log = gateway.log_path.read_text()
+    assert log.count('"key_name": "leak-check"') == 3, "a log line per generation, naming the key"
+    assert key not in metrics and key not in log
+    assert key[7:] not in log and basic not in log, "not even in part, nor encoded"
