@@ -1,13 +1,17 @@
 """Access control and fairness under real gunicorn (2 gevent workers), real Redis and the simulator."""
 from __future__ import annotations
 
+import json
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
+from urllib.parse import urlencode
 
 import pytest
 import requests
+import websocket
+from requests.structures import CaseInsensitiveDict
 
 from app.keys import FileKeyStore, KeyRing, RedisKeyStore
 from tests.servers import BIN, Gateway, Redis, Service, wait_until
@@ -133,25 +137,57 @@ AUTH_TABLE = {
 }
 
 
+# Every surface a key opens: the native API, the OpenAI-compatible one, and the WebSocket
+# handshake (as websocket-client makes it).
+HTTP_SURFACES = {
+    "generate": ("POST", "/v1/generate", PROMPT),
+    "completions": ("POST", "/v1/completions", {"model": "sim-model", "prompt": "a b c d", "max_tokens": 4}),
+    "chat": ("POST", "/v1/chat/completions",
+             {"model": "sim-model", "messages": [{"role": "user", "content": "a b c d"}], "max_tokens": 4}),
+    "models": ("GET", "/v1/models", None),
+}
+SURFACES = [*HTTP_SURFACES, "websocket"]
+
+
+def call(gw: Gateway, surface: str, headers: dict[str, str],
+         params: dict[str, str]) -> tuple[int, CaseInsensitiveDict, str]:
+    """One request to `surface`: its status (101 for an accepted WebSocket handshake), headers and body."""
+    if surface == "websocket":
+        url = gw.url.replace("http://", "ws://") + "/v1/generate/ws" + (f"?{urlencode(params)}" if params else "")
+        try:
+            websocket.create_connection(url, header=headers, timeout=10).close()
+        except websocket.WebSocketBadStatusException as exc:
+            return exc.status_code, CaseInsensitiveDict(exc.resp_headers), (exc.resp_body or b"").decode()
+        return 101, CaseInsensitiveDict(), ""
+    method, path, body = HTTP_SURFACES[surface]
+    reply = requests.request(method, gw.url + path, json=body, headers={**ONE_SHOT, **headers}, params=params,
+                             timeout=10)
+    return reply.status_code, reply.headers, reply.text
+
+
+@pytest.mark.parametrize("surface", SURFACES)
 @pytest.mark.parametrize("store", ["file", "redis"])
 @pytest.mark.parametrize("case", list(AUTH_TABLE))
-def test_auth_table_all_refused(gateway, table_keys, store, case):
+def test_auth_table_all_refused(gateway, table_keys, store, case, surface):
     valid, revoked = table_keys
-    headers, params = AUTH_TABLE[case](valid[store], revoked[store])
-    reply = requests.post(gateway.url + "/v1/generate", json=PROMPT, headers={**ONE_SHOT, **headers}, params=params,
-                          timeout=10)
-    assert reply.status_code == 401
-    assert reply.headers["WWW-Authenticate"].startswith('Bearer realm="sluice"')
-    error = reply.json()["error"]
+    status, headers, body = call(gateway, surface, *AUTH_TABLE[case](valid[store], revoked[store]))
+    assert status == 401
+    assert headers["WWW-Authenticate"].startswith('Bearer realm="sluice"')
+    error = json.loads(body)["error"]
     assert set(error) == {"message", "type", "param", "code"} and error["type"] == "authentication_error"
-    assert valid[store] not in reply.text
+    assert valid[store] not in body
 
 
+@pytest.mark.parametrize("surface", SURFACES)
 @pytest.mark.parametrize("store", ["file", "redis"])
-def test_auth_table_control_the_valid_key_passes(gateway, table_keys, store):
+def test_auth_table_control_the_valid_key_passes(gateway, table_keys, store, surface):
     valid, _ = table_keys
-    assert generate(gateway, valid[store]).status_code == 200
-    assert requests.get(gateway.url + "/healthz", timeout=5).ok  # probes need no key
+    status, _, _ = call(gateway, surface, auth(valid[store]), {})
+    assert status == (101 if surface == "websocket" else 200)
+
+
+def test_probes_need_no_key(gateway):
+    assert requests.get(gateway.url + "/healthz", timeout=5).ok
 
 
 def hold_stream(gw: Gateway, key: str | None) -> requests.Response:

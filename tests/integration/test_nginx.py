@@ -16,8 +16,9 @@ import pytest
 import requests
 import websocket
 
+from tests.integration.test_websocket import until_end
 from tests.nginx import NGINX_DIR, SERVER_NAME, Nginx, nginx_command, upstream_lines, write_config
-from tests.servers import BIN, Gateway, Service, free_port, wait_until
+from tests.servers import Gateway, free_port, wait_until
 from tests.sse_client import StreamResult, stream
 
 MiB = 1024 * 1024
@@ -108,35 +109,50 @@ def test_gateway_sees_the_real_client_address(nginx, gateways):
     assert line.split()[0] == "127.0.0.5", line
 
 
-def test_websocket_upgrade_through_nginx(tmp_path):
-    # The gateway's WebSocket endpoint lives elsewhere; an echo app under the same gunicorn
-    # settings exercises nginx's half of it: the Upgrade and Connection headers.
-    port = free_port()
-    echo = Service("ws-echo", [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "tests.ws_echo:app"],
-                   env={"SLUICE_BIND": f"127.0.0.1:{port}", "SLUICE_WORKERS": "1"}, log=tmp_path / "echo.log")
+def test_limits_keyed_on_the_client_address_count_the_real_client(simulator, tmp_path):
+    # One worker without keys or Redis: requests are counted exactly, per client address.
+    gw = Gateway({"SLUICE_UPSTREAM_URL": simulator.url, "SLUICE_TRUSTED_PROXIES": "1", "SLUICE_DEFAULT_RPM": "3"},
+                 log=tmp_path / "limited.log")
     proxy = None
     try:
-        wait_until(lambda: socket.create_connection(("127.0.0.1", port), timeout=1).close() is None, 30,
-                   "echo app", echo.proc)
-        proxy = Nginx(tmp_path / "nginx", upstream_lines([f"127.0.0.1:{port}"]))
-        ws = websocket.create_connection(f"wss://127.0.0.1:{proxy.https_port}/v1/generate/ws", host=SERVER_NAME,
-                                         sslopt={"ca_certs": str(proxy.ca), "server_hostname": SERVER_NAME},
-                                         timeout=10)
-        try:
-            replies = []
-            for message in ("hello", "again"):
-                ws.send(message)
-                replies.append(ws.recv())
-        finally:
-            ws.close()
-        assert replies == ["hello", "again"]
-        # nginx logs the upgraded request when the connection ends.
-        wait_until(lambda: any('"GET /v1/generate/ws HTTP/1.1" 101' in line for line in proxy.access_log()), 5,
-                   "nginx's log line of the upgrade")
+        proxy = Nginx(tmp_path / "nginx", upstream_lines([address(gw)]))
+
+        def statuses(source: str, claims: list[str]) -> list[int]:
+            session = proxy.session(source_address=source)
+            return [session.get(proxy.url + "/v1/models", headers={"X-Forwarded-For": claim}, timeout=10).status_code
+                    for claim in claims]
+
+        # 127.0.0.5 claims another address on each request, 127.0.0.6's among them: one budget all the same...
+        assert statuses("127.0.0.5", ["203.0.113.1", "127.0.0.6", "198.51.100.7", "127.0.0.6", "203.0.113.2"]) \
+            == [200] * 3 + [429] * 2
+        # ...and 127.0.0.6 still has the whole of its own.
+        assert statuses("127.0.0.6", ["127.0.0.5"] * 4) == [200] * 3 + [429]
+        reply = proxy.session(source_address="127.0.0.6").get(proxy.url + "/v1/models", timeout=10)
+        assert reply.status_code == 429 and reply.headers["X-RateLimit-Limit"] == "3"
+        assert reply.json()["error"]["message"].endswith("reached for this client address; see Retry-After.")
     finally:
         if proxy:
             proxy.stop()
-        echo.stop()
+        gw.stop()
+
+
+def test_websocket_generation_through_nginx(nginx):
+    ws = websocket.create_connection(f"wss://127.0.0.1:{nginx.https_port}/v1/generate/ws", host=SERVER_NAME,
+                                     sslopt={"ca_certs": str(nginx.ca), "server_hostname": SERVER_NAME}, timeout=10)
+    try:
+        ends = []
+        for tokens in (5, 2):  # two requests on the one upgraded connection
+            ws.send(json.dumps({"prompt": "one two three", "max_tokens": tokens}))
+            received, end = until_end(ws)
+            assert [t["text"] for t in received] == [f" tok{i}" for i in range(1, tokens + 1)]
+            ends.append(end)
+    finally:
+        ws.close()
+    assert [(e["type"], e["finish_reason"], e["usage"]) for e in ends] == [
+        ("done", "length", {"prompt_tokens": 3, "completion_tokens": n, "total_tokens": 3 + n}) for n in (5, 2)]
+    # nginx logs the upgraded request when the connection ends.
+    wait_until(lambda: any('"GET /v1/generate/ws HTTP/1.1" 101' in line for line in nginx.access_log()), 5,
+               "nginx's log line of the upgrade")
 
 
 def test_least_conn_sends_new_requests_to_the_idle_gateway(nginx, simulator):

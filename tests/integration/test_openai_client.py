@@ -1,7 +1,7 @@
 """The official `openai` package, pointed at Sluice under real gunicorn, works unchanged.
 
-Errors reach its own classes with our status and message. 401 and 429 (API keys and
-limits) are tested where those features live.
+Errors reach its own classes with our status and message; 401 and 429 need a gateway with
+API keys, in test_keyed_gateway.py.
 """
 from __future__ import annotations
 
