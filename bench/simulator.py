@@ -107,10 +107,13 @@ class SimStats:
     tokens_generated: int = 0
     connections_open: int = 0  # gauge
     connections_total: int = 0
+    # Wall-clock time (time.time()) of the last cancellation, 0.0 before any: benchmarks
+    # subtract the moment their client left to time "client gone -> upstream closed".
+    last_cancel_at: float = 0.0
 
     _GAUGES = ("active", "running", "waiting", "connections_open")
 
-    def as_dict(self) -> dict[str, int]:
+    def as_dict(self) -> dict[str, float]:
         """Return a point-in-time copy."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
@@ -658,6 +661,7 @@ class SimServer:
                 st.completed += 1
             elif outcome == "cancelled":
                 st.cancelled += 1
+                st.last_cancel_at = time.time()
             else:
                 st.failed += 1
         return keep
@@ -1012,7 +1016,7 @@ class Simulator:
         """Zero the cumulative counters (same as POST /sim/reset)."""
         self._call(self._server.stats.reset)
 
-    def snapshot(self) -> dict[str, int]:
+    def snapshot(self) -> dict[str, float]:
         """A consistent copy of the counters."""
         return self._call(self._server.stats.as_dict)
 
@@ -1060,7 +1064,7 @@ def _parse_args(argv: list[str] | None) -> SimConfig:
                      max_model_len=a.max_model_len, fault=a.fault, pause=a.pause, backlog=a.backlog)
 
 
-def _raise_fd_limit() -> None:
+def raise_fd_limit() -> None:
     """Lift the soft open-file limit to the hard one; thousands of streams need thousands of fds."""
     try:
         import resource
@@ -1093,7 +1097,7 @@ async def _serve(config: SimConfig) -> None:
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point."""
     config = _parse_args(argv)
-    _raise_fd_limit()
+    raise_fd_limit()
     if uvloop is not None:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     try:
