@@ -17,7 +17,7 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest tests/unit
 
 bench: $(STAMP) system-deps
-	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 $(STAMP): requirements.txt setup.cfg
 	@echo "==> creating the gateway's environment in $(VENV)"

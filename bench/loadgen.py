@@ -32,6 +32,7 @@ T = TypeVar("T")
 BURST_GAP = 0.002  # two tokens closer than this arrived together: a burst, not one by one
 GAP_BIN = 0.0005  # the gap distribution is kept as a histogram of 0.5 ms bins up to 100 ms
 GAP_BINS = 200
+STALL_GRACE = 10.0  # seconds a blocking request may still take once its measurement has ended
 
 
 @dataclass(frozen=True)
@@ -167,21 +168,23 @@ async def blocking(endpoint: Endpoint, concurrency: int, tokens: int, warmup: fl
 
     async def client() -> None:
         connection = Connection(endpoint.host, endpoint.port)
-        while not stopping:
-            sent = perf_counter()
-            try:
-                status, _ = await connection.roundtrip(request)
-                failure = None if status == 200 else f"status {status}"
-            except (OSError, asyncio.IncompleteReadError) as exc:
-                failure = type(exc).__name__
-                connection.close()
-            if not measuring:
-                continue
-            if failure is None:
-                latencies.append(perf_counter() - sent)
-            else:
-                errors[failure] = errors.get(failure, 0) + 1
-        connection.close()
+        try:
+            while not stopping:
+                sent = perf_counter()
+                try:
+                    status, _ = await connection.roundtrip(request)
+                    failure = None if status == 200 else f"status {status}"
+                except (OSError, asyncio.IncompleteReadError) as exc:
+                    failure = type(exc).__name__
+                    connection.close()
+                if not measuring:
+                    continue
+                if failure is None:
+                    latencies.append(perf_counter() - sent)
+                else:
+                    errors[failure] = errors.get(failure, 0) + 1
+        finally:
+            connection.close()
 
     load = _Load(watch)
     clients = [asyncio.create_task(client()) for _ in range(concurrency)]
@@ -192,7 +195,14 @@ async def blocking(endpoint: Endpoint, concurrency: int, tokens: int, warmup: fl
     measuring = False
     seconds, usage, client_share = await load.stop()
     stopping = True
-    await asyncio.gather(*clients)
+    # A proxy that stalls must not stall the benchmark: requests still unanswered after a
+    # grace period are abandoned and counted.
+    _, stalled = await asyncio.wait(clients, timeout=STALL_GRACE)
+    for task in stalled:
+        task.cancel()
+    await asyncio.gather(*stalled, return_exceptions=True)
+    if stalled:
+        errors[f"unanswered {STALL_GRACE:g} s after the end"] = len(stalled)
     done = len(latencies)
     return BlockingResult(
         concurrency=concurrency, requests=done, errors=sum(errors.values()), seconds=seconds,

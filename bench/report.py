@@ -133,11 +133,20 @@ def _streams_section(suite: Suite, kind: str, title: str) -> str:
                      _fmt(suite.added_ttft(d, kind), 1e3, 0),
                      _fmt(fig("gap_p50"), 1e3, 1), _fmt(fig("gap_p99"), 1e3, 1), _fmt(fig("burst_share"), 100, 1, "%"),
                      _fmt(fig("e2e_p50"), 1, 2), _fmt(fig("rss_per_stream"), 1 / 1024, 1),
-                     _fmt(fig("cpu_us_per_event"), digits=0), _fmt(fig("client_cpu_share"), 100, 0, "%")])
+                     _fmt(fig("cpu_us_per_event"), digits=0), _fmt(_per_core(fig("cpu_us_per_event")), digits=0),
+                     _fmt(fig("client_cpu_share"), 100, 0, "%")])
     header = ["design", "completed", "errors (all rounds)", "TTFT p50 (ms)", "TTFT p99 (ms)", "added TTFT p50 (ms)",
               "gap p50 (ms)", "gap p99 (ms)", "gaps < 2 ms", "end to end p50 (s)", "RSS per stream (KiB)",
-              "proxy CPU µs per token", "load side CPU"]
-    return f"### {title}\n\n" + _table(header, rows)
+              "proxy CPU µs per token", "tokens/s one core can relay at that cost", "load side CPU"]
+    return (f"### {title}\n\nRSS per stream: (peak − before) / streams, on a process that held no streams "
+            f"before (else –). A stream at 20 ms between tokens needs 50 tokens/s.\n\n" + _table(header, rows))
+
+
+def _per_core(us_per_token: Spread) -> Spread:
+    """Tokens per second one fully busy core relays at this CPU cost per token."""
+    if not us_per_token.known or us_per_token.low <= 0:
+        return Spread.of([])
+    return Spread(1e6 / us_per_token.median, 1e6 / us_per_token.high, 1e6 / us_per_token.low)
 
 
 def _cancel_section(suite: Suite) -> str:

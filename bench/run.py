@@ -23,7 +23,7 @@ from typing import Any
 
 from bench import designs, loadgen, machine, plots, report
 from bench.designs import Design
-from bench.features import switch_on
+from bench.features import Features, switch_on
 from bench.loadgen import CANCEL_CASES, Watch
 from bench.simulator import raise_fd_limit
 from tests.servers import ROOT, Simulator
@@ -74,67 +74,85 @@ def row(round_: int, design: Design, api: str, result: Any, **extra: Any) -> dic
     return {"round": round_, "design": design.name, "api": api, **extra, **dataclasses.asdict(result)}
 
 
-async def _blocking_phase(design: Design, sim: Simulator, plan: Plan, round_: int, ctx: dict[str, Any],
-                          rows: list[dict[str, Any]]) -> None:
-    with designs.start(design, sim, ctx["workdir"], ctx["features"]) as running:
-        watch = Watch(running.target_pids, [os.getpid(), sim.proc.pid])
-        for concurrency in plan.concurrency:
-            result = await loadgen.blocking(running.endpoint, concurrency, plan.blocking_tokens, plan.warmup,
-                                            plan.duration, watch)
-            log(f"  {design.name} blocking c={concurrency}: {result.rps:,.0f} req/s, p50 {result.p50 * 1e3:.2f} ms,"
-                f" p99 {result.p99 * 1e3:.2f} ms, errors {result.errors}")
-            rows.append(row(round_, design, running.endpoint.api.name, result, rps=result.rps))
+@dataclasses.dataclass
+class Runner:
+    """One run of the suite: what to run, where, with which Sluice features and upstreams; the rows measured."""
 
+    plan: Plan
+    workdir: Path
+    features: Features
+    sims: dict[str, Simulator]
+    rows: dict[str, list[dict[str, Any]]] = dataclasses.field(
+        default_factory=lambda: {"blocking": [], "streams": [], "cancel": []})
 
-async def _streams_phase(design: Design, sim: Simulator, plan: Plan, round_: int, ctx: dict[str, Any],
-                         rows: list[dict[str, Any]]) -> None:
-    # The capacity test runs first, on a fresh process, so its memory per stream starts from a clean baseline.
-    counts = ([("capacity", plan.capacity)] if design.name in plan.capacity_designs else []) + \
-             [("streams", plan.streams)]
-    with designs.start(design, sim, ctx["workdir"], ctx["features"]) as running:
-        watch = Watch(running.target_pids, [os.getpid(), sim.proc.pid])
-        await loadgen.streams(running.endpoint, 1, plan.stream_tokens, plan.stream_timeout, watch)  # warm-up
-        for kind, count in counts:
-            result = await loadgen.streams(running.endpoint, count, plan.stream_tokens, plan.stream_timeout, watch)
-            log(f"  {design.name} {count} streams: {result.completed} completed, TTFT p50 {result.ttft_p50 * 1e3:.0f}"
-                f" ms, gap p50 {result.gap_p50 * 1e3:.1f} ms, {result.rss_per_stream / 1024:.1f} KiB/stream,"
-                f" errors {result.errors or 0}")
-            rows.append(row(round_, design, running.endpoint.api.name, result, kind=kind,
-                            rss_per_stream=result.rss_per_stream))
+    def start(self, design: Design, phase: str) -> designs.Running:
+        """The design's proxies, started afresh in front of the phase's simulator."""
+        return designs.start(design, self.sims[phase], self.workdir, self.features)
 
+    def watch(self, running: designs.Running, phase: str) -> Watch:
+        return Watch(running.target_pids, [os.getpid(), self.sims[phase].proc.pid])
 
-async def _cancel_phase(design: Design, sim: Simulator, plan: Plan, round_: int, ctx: dict[str, Any],
-                        rows: list[dict[str, Any]]) -> None:
-    with designs.start(design, sim, ctx["workdir"], ctx["features"]) as running:
-        for case in CANCEL_CASES:
-            for _ in range(plan.cancel_trials):
-                seconds = await loadgen.cancel_trial(running.endpoint, "127.0.0.1", sim.port, case)
-                rows.append({"round": round_, "design": design.name, "case": case, "seconds": seconds})
-        got = [r["seconds"] for r in rows[-len(CANCEL_CASES) * plan.cancel_trials:]]
-        log(f"  {design.name} cancellation: " + ", ".join("never" if s is None else f"{s * 1e3:.0f} ms" for s in got))
+    async def blocking(self, design: Design, round_: int) -> None:
+        """The concurrency sweep."""
+        plan = self.plan
+        with self.start(design, "blocking") as running:
+            for concurrency in plan.concurrency:
+                result = await loadgen.blocking(running.endpoint, concurrency, plan.blocking_tokens, plan.warmup,
+                                                plan.duration, self.watch(running, "blocking"))
+                log(f"  {design.name} blocking c={concurrency}: {result.rps:,.0f} req/s, p50 {result.p50 * 1e3:.2f}"
+                    f" ms, p99 {result.p99 * 1e3:.2f} ms, errors {result.errors}")
+                self.rows["blocking"].append(row(round_, design, running.endpoint.api.name, result, rps=result.rps))
+
+    async def streams(self, design: Design, round_: int) -> None:
+        """The capacity test (first, on a fresh process: memory per stream from a clean start), then N streams."""
+        plan = self.plan
+        counts = ([("capacity", plan.capacity)] if design.name in plan.capacity_designs else []) + \
+                 [("streams", plan.streams)]
+        with self.start(design, "streams") as running:
+            watch = self.watch(running, "streams")
+            await loadgen.streams(running.endpoint, 1, plan.stream_tokens, plan.stream_timeout, watch)  # warm-up
+            for position, (kind, count) in enumerate(counts):
+                result = await loadgen.streams(running.endpoint, count, plan.stream_tokens, plan.stream_timeout, watch)
+                log(f"  {design.name} {count} streams: {result.completed} completed, TTFT p50 "
+                    f"{result.ttft_p50 * 1e3:.0f} ms, gap p50 {result.gap_p50 * 1e3:.1f} ms, "
+                    f"{result.rss_per_stream / 1024:.1f} KiB/stream, errors {result.errors or 0}")
+                # Memory per stream means something only on a process that had not held more streams before.
+                rss = result.rss_per_stream if position == 0 else None
+                self.rows["streams"].append(row(round_, design, running.endpoint.api.name, result, kind=kind,
+                                                rss_per_stream=rss))
+
+    async def cancel(self, design: Design, round_: int) -> None:
+        """Cancellation trials, each case several times."""
+        sim = self.sims["cancel"]
+        seen = []
+        with self.start(design, "cancel") as running:
+            for case in CANCEL_CASES:
+                for _ in range(self.plan.cancel_trials):
+                    seconds = await loadgen.cancel_trial(running.endpoint, "127.0.0.1", sim.port, case)
+                    self.rows["cancel"].append({"round": round_, "design": design.name, "case": case,
+                                                "seconds": seconds})
+                    seen.append("never" if seconds is None else f"{seconds * 1e3:.0f} ms")
+        log(f"  {design.name} cancellation: {', '.join(seen)}")
 
 
 async def suite(plan: Plan, workdir: Path) -> dict[str, Any]:
-    """Every design in every round (the order rotated each round), each phase on a fresh proxy."""
-    results: dict[str, Any] = {"plan": dataclasses.asdict(plan), "blocking": [], "streams": [], "cancel": []}
+    """Every design in every round (the order rotated each round), each phase on freshly started proxies."""
     with ExitStack() as stack:
         features = switch_on(workdir, dict(os.environ))
         stack.callback(features.stop)
-        results["features"] = features.on
         sims = {}
         for phase, args in SIMULATORS.items():
             sims[phase] = Simulator(*args, *SIM_COMMON, log=workdir / f"simulator-{phase}.log")
             stack.callback(sims[phase].stop)
-        ctx = {"workdir": workdir, "features": features}
+        runner = Runner(plan, workdir, features, sims)
         chosen = [designs.BY_NAME[name] for name in plan.designs]
         for round_ in range(plan.rounds):
-            order = chosen[round_ % len(chosen):] + chosen[:round_ % len(chosen)]
-            for design in order:
+            for design in chosen[round_ % len(chosen):] + chosen[:round_ % len(chosen)]:
                 log(f"round {round_ + 1}/{plan.rounds}: {design.label}")
-                await _blocking_phase(design, sims["blocking"], plan, round_, ctx, results["blocking"])
-                await _streams_phase(design, sims["streams"], plan, round_, ctx, results["streams"])
-                await _cancel_phase(design, sims["cancel"], plan, round_, ctx, results["cancel"])
-    return results
+                await runner.blocking(design, round_)
+                await runner.streams(design, round_)
+                await runner.cancel(design, round_)
+    return {"plan": dataclasses.asdict(plan), "features": features.on, **runner.rows}
 
 
 def load_results(out: Path) -> dict[str, Any]:
