@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import sys
 import time
@@ -129,8 +130,8 @@ class StreamsResult:
 
     @property
     def rss_per_stream(self) -> float:
-        """Resident bytes added per open stream: (peak - before) / streams."""
-        return (self.rss_peak - self.rss_before) / self.count if self.count else 0.0
+        """Resident bytes added per open stream: (peak - before) / streams; NaN when nothing was sampled."""
+        return (self.rss_peak - self.rss_before) / self.count if self.count and self.rss_before else math.nan
 
 
 class _Load:
@@ -148,10 +149,12 @@ class _Load:
         self.started = perf_counter()
 
     async def stop(self) -> tuple[float, Usage, float]:
-        """(wall seconds, target usage, client CPU share)."""
+        """(wall seconds, target usage, client CPU share); the usage is NaN when there is no target (no proxy)."""
         seconds = perf_counter() - self.started
         client_cpu = measure(self.client_pids, descendants=False)[1] - self._client_cpu
         usage = await self.target.stop()
+        if not self.target.pids:
+            usage = Usage(0, 0, math.nan)
         return seconds, usage, client_cpu / seconds if seconds else 0.0
 
 
@@ -208,7 +211,7 @@ async def blocking(endpoint: Endpoint, concurrency: int, tokens: int, warmup: fl
         concurrency=concurrency, requests=done, errors=sum(errors.values()), seconds=seconds,
         p50=stats.percentile(latencies, 50), p90=stats.percentile(latencies, 90),
         p99=stats.percentile(latencies, 99), mean=sum(latencies) / len(latencies) if latencies else 0.0,
-        cpu_us_per_request=usage.cpu_seconds / done * 1e6 if done else 0.0, client_cpu_share=client_share,
+        cpu_us_per_request=usage.cpu_seconds / done * 1e6 if done else math.nan, client_cpu_share=client_share,
         error_reasons=errors)
 
 
@@ -299,7 +302,7 @@ async def streams(endpoint: Endpoint, count: int, tokens: int, timeout: float, w
         burst_share=stats.share_below(gaps, BURST_GAP),
         e2e_p50=stats.percentile(e2es, 50), e2e_p99=stats.percentile(e2es, 99), token_events=events,
         rss_before=usage.rss_before, rss_peak=usage.rss_peak,
-        cpu_us_per_event=usage.cpu_seconds / events * 1e6 if events else 0.0, client_cpu_share=client_share,
+        cpu_us_per_event=usage.cpu_seconds / events * 1e6 if events else math.nan, client_cpu_share=client_share,
         gap_histogram=stats.histogram(gaps, GAP_BIN, GAP_BINS))
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import shlex
 import sys
@@ -70,8 +71,9 @@ def log(message: str) -> None:
 
 
 def row(round_: int, design: Design, api: str, result: Any, **extra: Any) -> dict[str, Any]:
-    """One measurement as a flat record."""
-    return {"round": round_, "design": design.name, "api": api, **extra, **dataclasses.asdict(result)}
+    """One measurement as a flat record; a figure that could not be measured (NaN) is null."""
+    record = {"round": round_, "design": design.name, "api": api, **dataclasses.asdict(result), **extra}
+    return {key: None if isinstance(value, float) and math.isnan(value) else value for key, value in record.items()}
 
 
 @dataclasses.dataclass
