@@ -183,6 +183,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     steps.add_argument("--vllm", action="store_true", help="only the vLLM step")
     steps.add_argument("--profile", action="store_true", help="only the profiling step")
     steps.add_argument("--skip-vllm", action="store_true", help="the suite and the profile, not the vLLM step")
+    steps.add_argument("--render", action="store_true", help="measure nothing: redraw the plots and tables from "
+                                                             "OUT/results.json (after a change to bench/report.py)")
     parser.add_argument("--rounds", type=int, help="rounds of the suite (default 3; 1 with --short)")
     parser.add_argument("--out", type=Path, help=f"results folder (default {OUT.relative_to(ROOT)})")
     parser.add_argument("--note", default="", help="said at the top of the published figures (e.g. the machine "
@@ -202,11 +204,12 @@ def main(argv: list[str] | None = None) -> int:
         plan = dataclasses.replace(plan, rounds=args.rounds)
     out = args.out or (Path(tempfile.mkdtemp(prefix="sluice-bench-")) if args.short else OUT)
     doc = None if args.short or args.out else DOC
-    run_suite = not (args.vllm or args.profile)
-    run_profile = not (args.vllm or args.short)
-    run_vllm = not (args.profile or args.short or args.skip_vllm)
+    run_suite = not (args.vllm or args.profile or args.render)
+    run_profile = not (args.vllm or args.short or args.render)
+    run_vllm = not (args.profile or args.short or args.skip_vllm or args.render)
     results = load_results(out) if not args.short else {}
-    results["machine"] = machine.describe()
+    if not args.render:
+        results["machine"] = machine.describe()
     command = shlex.join(["python", "-m", "bench.run", *(sys.argv[1:] if argv is None else argv)])
     with tempfile.TemporaryDirectory(prefix="sluice-bench-work-") as scratch:
         workdir = Path(scratch)
