@@ -17,7 +17,7 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest tests/unit
 
 bench: $(STAMP) system-deps
-	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 # 50,000 mixed requests through one worker: memory must settle, fds come back (docs/reliability.md).
 # Minutes, not seconds: not part of `make test`.

@@ -119,10 +119,13 @@ class SimStats:
     tokens_generated: int = 0
     connections_open: int = 0  # gauge
     connections_total: int = 0
+    # Wall-clock time (time.time()) of the last cancellation, 0.0 before any: benchmarks
+    # subtract the moment their client left to time "client gone -> upstream closed".
+    last_cancel_at: float = 0.0
 
     _GAUGES = ("active", "running", "waiting", "connections_open")
 
-    def as_dict(self) -> dict[str, int]:
+    def as_dict(self) -> dict[str, float]:
         """Return a point-in-time copy."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
@@ -786,6 +789,7 @@ class SimServer:
                 st.completed += 1
             elif outcome == "cancelled":
                 st.cancelled += 1
+                st.last_cancel_at = time.time()
             else:
                 st.failed += 1
         return keep
@@ -1142,7 +1146,7 @@ class Simulator:
         """Zero the cumulative counters (same as POST /sim/reset)."""
         self._call(self._server.stats.reset)
 
-    def snapshot(self) -> dict[str, int]:
+    def snapshot(self) -> dict[str, float]:
         """A consistent copy of the counters."""
         return self._call(self._server.stats.as_dict)
 
@@ -1205,7 +1209,7 @@ def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
         loop.close()
 
 
-def _raise_fd_limit() -> None:
+def raise_fd_limit() -> None:
     """Lift the soft open-file limit to the hard one; thousands of streams need thousands of fds."""
     try:
         import resource
@@ -1238,7 +1242,7 @@ async def _serve(config: SimConfig) -> None:
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point."""
     config = _parse_args(argv)
-    _raise_fd_limit()
+    raise_fd_limit()
     loop = config.new_event_loop()
     asyncio.set_event_loop(loop)
     try:

@@ -330,11 +330,14 @@ def test_cancel_mid_stream(fresh: Simulator) -> None:
 def test_cancel_during_ttft_is_prompt(fresh: Simulator) -> None:
     s = _raw(fresh, "/v1/completions", {"prompt": "x", "max_tokens": 5}, {"x-sim-ttft": "10"})
     assert fresh.wait_for(lambda st: st.waiting == 1, timeout=1)
-    t0 = time.monotonic()
+    assert fresh.stats.last_cancel_at == 0.0
+    t0, closed_at = time.monotonic(), time.time()
     s.close()
     assert fresh.wait_for(lambda st: st.cancelled == 1, timeout=1)
     assert time.monotonic() - t0 < 0.5  # the simulator watches for EOF; it does not wait out the 10 s
     assert fresh.stats.waiting == 0 and fresh.stats.tokens_generated == 0
+    # The moment of the cancellation, on the wall clock benchmarks compare it with.
+    assert closed_at <= fresh.snapshot()["last_cancel_at"] < closed_at + 0.5
 
 
 def test_cancel_while_queued_and_metrics() -> None:

@@ -1,0 +1,183 @@
+"""From the suite's raw rows to figures: per-design spreads over rounds, differences and ratios
+against the references measured in the same round, and the verdict on each target of the issue.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+from bench.stats import Spread
+
+REFERENCE = "direct"
+FLOOR = "nginx"
+SUBJECT = "sluice-1w"  # the design the targets are about: one gevent worker on one core
+UPSTREAM_GAP = 0.02  # the simulator's time between tokens in the stream phases
+SATURATED = 0.9  # load-side CPU share above which the client, not the proxy, may be the limit
+
+# The issue's targets.
+ADDED_P50_MAX = 0.001
+ADDED_P99_MAX = 0.002
+RPS_MIN = 1500
+GAP_TOLERANCE = 0.10  # the median gap within 10 % of the upstream's
+BURST_SHARE_MAX = 0.05
+TTFT_RATIO_MAX = 2.0
+RSS_PER_STREAM_MAX = 50 * 1024
+CANCEL_MAX = 1.0
+
+
+class Suite:
+    """Lookups over the rows of one suite run."""
+
+    def __init__(self, suite: dict[str, Any]) -> None:
+        self.raw = suite
+        self.plan = suite["plan"]
+        self.designs: list[str] = list(self.plan["designs"])
+        self.rounds = range(self.plan["rounds"])
+
+    def blocking(self, design: str, concurrency: int, round_: int) -> dict[str, Any] | None:
+        return next((r for r in self.raw["blocking"] if r["design"] == design and r["round"] == round_
+                     and r["concurrency"] == concurrency), None)
+
+    def streams(self, design: str, kind: str, round_: int) -> dict[str, Any] | None:
+        return next((r for r in self.raw["streams"] if r["design"] == design and r["round"] == round_
+                     and r["kind"] == kind), None)
+
+    def cancels(self, design: str, case: str) -> list[float | None]:
+        return [r["seconds"] for r in self.raw["cancel"] if r["design"] == design and r["case"] == case]
+
+    def api(self, design: str) -> str:
+        return next((r["api"] for r in self.raw["blocking"] if r["design"] == design), "?")
+
+    def over_rounds(self, figure: Callable[[int], float | None]) -> Spread:
+        """The spread of a figure computed for each round."""
+        return Spread.of(figure(r) for r in self.rounds)
+
+    def blocking_figure(self, design: str, concurrency: int, key: str) -> Spread:
+        return self.over_rounds(lambda r: _get(self.blocking(design, concurrency, r), key))
+
+    def streams_figure(self, design: str, kind: str, key: str) -> Spread:
+        return self.over_rounds(lambda r: _get(self.streams(design, kind, r), key))
+
+    def added_latency(self, design: str, concurrency: int, key: str) -> Spread:
+        """The design's latency minus the direct path's, in the same round."""
+        return self.over_rounds(lambda r: _minus(_get(self.blocking(design, concurrency, r), key),
+                                                 _get(self.blocking(REFERENCE, concurrency, r), key)))
+
+    def added_ttft(self, design: str, kind: str) -> Spread:
+        """The design's median time to first token minus the direct path's, in the same round."""
+        return self.over_rounds(lambda r: _minus(_get(self.streams(design, kind, r), "ttft_p50"),
+                                                 _get(self.streams(REFERENCE, kind, r), "ttft_p50")))
+
+    def ratio(self, design: str, other: str, figure: Callable[[str, int], float | None]) -> Spread:
+        """figure(design) / figure(other), round by round."""
+        return self.over_rounds(lambda r: _divide(figure(design, r), figure(other, r)))
+
+
+def _get(row: dict[str, Any] | None, key: str) -> float | None:
+    return None if row is None else row.get(key)
+
+
+def _minus(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def _divide(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or b == 0 else a / b
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One target: what it asks, what was measured, and whether it was met."""
+
+    target: str
+    measured: str
+    met: bool | None  # None: not measured in this run
+    caveat: str = ""
+
+
+def _ms(s: Spread) -> str:
+    return "not measured" if not s.known else f"{s.median * 1e3:.2f} ms [{s.low * 1e3:.2f}–{s.high * 1e3:.2f}]"
+
+
+def _judge(s: Spread, ok: Callable[[float], bool]) -> bool | None:
+    return None if not s.known else ok(s.median)
+
+
+def _saturated(rows: Iterable[dict[str, Any] | None]) -> bool:
+    return any(row is not None and row["client_cpu_share"] > SATURATED for row in rows)
+
+
+def verdicts(suite: Suite) -> list[Verdict]:
+    """The issue's targets for one Sluice worker, judged on the medians over rounds."""
+    out: list[Verdict] = []
+    subject = SUBJECT if SUBJECT in suite.designs else None
+    if subject is None:
+        return out
+    p50, p99 = suite.added_latency(subject, 1, "p50"), suite.added_latency(subject, 1, "p99")
+    out.append(Verdict("added latency at concurrency 1: p50 ≤ 1 ms", _ms(p50), _judge(p50, lambda v: v <= ADDED_P50_MAX)))
+    out.append(Verdict("added latency at concurrency 1: p99 ≤ 2 ms", _ms(p99), _judge(p99, lambda v: v <= ADDED_P99_MAX)))
+    top = max(suite.plan["concurrency"])
+    rps = suite.blocking_figure(subject, top, "rps")
+    out.append(Verdict(f"blocking throughput at concurrency {top}: ≥ {RPS_MIN:,} requests/s per worker",
+                       "not measured" if not rps.known else f"{rps.median:,.0f} req/s [{rps.low:,.0f}–{rps.high:,.0f}]",
+                       _judge(rps, lambda v: v >= RPS_MIN)))
+    out.extend(_capacity_verdicts(suite, subject))
+    for case, label in (("stream_before_first_token", "before"), ("stream_after_first_token", "after")):
+        trials = suite.cancels(subject, case)
+        seen = [t for t in trials if t is not None]
+        worst = max(seen) if seen else math.nan
+        measured = (f"worst {worst * 1e3:.0f} ms of {len(trials)} trials"
+                    + (f", {len(trials) - len(seen)} never closed" if len(seen) < len(trials) else "")) if trials \
+            else "not measured"
+        out.append(Verdict(f"client disconnect → upstream closed ≤ 1 s, {label} the first token", measured,
+                           None if not trials else len(seen) == len(trials) and worst <= CANCEL_MAX))
+    return out
+
+
+def _one_by_one(gap: Spread, bursts: Spread) -> bool:
+    """Tokens reach the client as the upstream sent them: the median gap near the upstream's, few bursts."""
+    return gap.known and bursts.known and abs(gap.median - UPSTREAM_GAP) <= GAP_TOLERANCE * UPSTREAM_GAP \
+        and bursts.median <= BURST_SHARE_MAX
+
+
+def _capacity_verdicts(suite: Suite, subject: str) -> list[Verdict]:
+    count = suite.plan["capacity"]
+    rows = [suite.streams(subject, "capacity", r) for r in suite.rounds]
+    if subject not in suite.plan["capacity_designs"] or not any(rows):
+        return []
+    client_bound = _saturated(rows) or _saturated(suite.streams(REFERENCE, "capacity", r) for r in suite.rounds)
+    caveat = "the load side (client + upstream) was saturated: the client may be the limit" if client_bound else ""
+    completed = suite.streams_figure(subject, "capacity", "completed")
+    out = [Verdict(f"{count:,} concurrent streams through one worker: all complete",
+                   f"{completed.low:,.0f} of {count:,} in the worst round",
+                   completed.low == count)]
+    gap, bursts = (suite.streams_figure(subject, "capacity", key) for key in ("gap_p50", "burst_share"))
+    direct_gap, direct_bursts = (suite.streams_figure(REFERENCE, "capacity", key) for key in ("gap_p50", "burst_share"))
+    reference_note, gap_caveat = "", caveat
+    if direct_gap.known:
+        reference_note = f" (direct: {direct_gap.median * 1e3:.1f} ms, {direct_bursts.median:.0%} bursts)"
+        if not _one_by_one(direct_gap, direct_bursts):
+            gap_caveat = "the direct path misses it too: the client and the upstream on one core cannot carry this load"
+    out.append(Verdict(f"{count:,} streams: tokens one by one (median gap {UPSTREAM_GAP * 1e3:.0f} ms ± "
+                       f"{GAP_TOLERANCE:.0%}, under {BURST_SHARE_MAX:.0%} of gaps below 2 ms)",
+                       "not measured" if not gap.known else
+                       f"median gap {gap.median * 1e3:.1f} ms, {bursts.median:.0%} bursts{reference_note}",
+                       None if not gap.known else _one_by_one(gap, bursts), gap_caveat))
+    if FLOOR in suite.plan["capacity_designs"]:
+        ratio = suite.over_rounds(lambda r: _divide(
+            _minus(_get(suite.streams(subject, "capacity", r), "ttft_p50"),
+                   _get(suite.streams(REFERENCE, "capacity", r), "ttft_p50")),
+            _minus(_get(suite.streams(FLOOR, "capacity", r), "ttft_p50"),
+                   _get(suite.streams(REFERENCE, "capacity", r), "ttft_p50"))))
+        added, floor = suite.added_ttft(subject, "capacity"), suite.added_ttft(FLOOR, "capacity")
+        out.append(Verdict(f"{count:,} streams: added time to first token p50 ≤ {TTFT_RATIO_MAX:g}× nginx's",
+                           "not measured" if not ratio.known else
+                           f"{added.median * 1e3:,.0f} ms vs nginx {floor.median * 1e3:,.0f} ms: {ratio.median:.1f}×",
+                           _judge(ratio, lambda v: v <= TTFT_RATIO_MAX), caveat))
+    rss = suite.streams_figure(subject, "capacity", "rss_per_stream")
+    out.append(Verdict(f"{count:,} streams: resident memory ≤ 50 KiB per open stream",
+                       "not measured" if not rss.known else
+                       f"{rss.median / 1024:.1f} KiB [{rss.low / 1024:.1f}–{rss.high / 1024:.1f}]",
+                       _judge(rss, lambda v: v <= RSS_PER_STREAM_MAX)))
+    return out
