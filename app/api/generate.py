@@ -93,7 +93,7 @@ class NativeStreamTranslator:
 class Generate(MethodView):
     """Blocking generation."""
 
-    @blp.arguments(GenerateRequestSchema)
+    @blp.arguments(GenerateRequestSchema())  # an instance: webargs would build one per request from a class
     @blp.response(200, GenerateResponseSchema, headers=GENERATION_HEADERS)
     @blp.doc(responses=_ERRORS)
     def post(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -106,7 +106,7 @@ class Generate(MethodView):
 class GenerateStream(MethodView):
     """Streaming generation."""
 
-    @blp.arguments(GenerateRequestSchema)
+    @blp.arguments(GenerateRequestSchema())
     @blp.doc(responses={"200": _STREAM_DOC, **_ERRORS})
     def post(self, body: dict[str, Any]):
         """Generate text and stream it as Server-Sent Events as the model produces it."""

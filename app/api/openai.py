@@ -92,7 +92,7 @@ def generate(path: str, body: dict[str, Any]) -> Any:
 class Completions(MethodView):
     """Text completions."""
 
-    @blp.arguments(CompletionRequestSchema)
+    @blp.arguments(CompletionRequestSchema())  # an instance: webargs would build one per request from a class
     @blp.doc(responses={"200": _ANSWER_DOC, **_ERRORS})
     @blp.alt_response(422, schema=ApiErrorSchema, description="Validation failed")
     def post(self, body: dict[str, Any]) -> Any:
@@ -104,7 +104,7 @@ class Completions(MethodView):
 class ChatCompletions(MethodView):
     """Chat completions."""
 
-    @blp.arguments(ChatCompletionRequestSchema)
+    @blp.arguments(ChatCompletionRequestSchema())
     @blp.doc(responses={"200": _ANSWER_DOC, **_ERRORS})
     @blp.alt_response(422, schema=ApiErrorSchema, description="Validation failed")
     def post(self, body: dict[str, Any]) -> Any:
