@@ -32,11 +32,12 @@ CLIENT_ARGS = ("--backend", "openai", "--endpoint", "/v1/completions", "--datase
 KEPT = ("completed", "failed", "duration", "request_throughput", "output_throughput", "median_ttft_ms",
         "p99_ttft_ms", "median_tpot_ms", "median_itl_ms", "p99_itl_ms", "median_e2el_ms")
 CLIENT_TIMEOUT = 900
+VLLM_CLI = Path(__file__).with_name("vllm_cli.py")  # vLLM's CLI under the CPU build's package name
 
 
 def _client(python: Path, url: str, model: str, tokenizer: Path, result: Path, api_key: str | None) -> dict[str, Any]:
     """Run `vllm bench serve` against `url`; its saved result, or the error."""
-    argv = [str(python), "-m", "vllm.entrypoints.cli.main", "bench", "serve", "--base-url", url, "--model", model,
+    argv = [str(python), str(VLLM_CLI), "bench", "serve", "--base-url", url, "--model", model,
             "--tokenizer", str(tokenizer), *CLIENT_ARGS, "--save-result", "--result-dir", str(result.parent),
             "--result-filename", result.name]
     # Without VLLM_TARGET_DEVICE=cpu the client loads AVX-512 kernels and dies with SIGILL here.
