@@ -37,14 +37,17 @@ $(STAMP): requirements.txt setup.cfg
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
 
-# Redis, nginx, openssl (the nginx tests' throwaway certificate) and headless Chromium
-# (renders /docs) from Debian's packages, for the tests that start them for real.
+# From Debian's packages, for the tests that start or run them for real: Redis, nginx, openssl
+# (the nginx tests' throwaway certificate), headless Chromium (renders /docs) and systemd's
+# systemd-analyze (verifies the units in deploy/systemd/).
+SYSTEM_COMMANDS := redis-server nginx openssl chromium systemd-analyze
+SYSTEM_PACKAGES := redis-server nginx openssl chromium systemd
 system-deps:
-	@if ! command -v redis-server >/dev/null || ! command -v nginx >/dev/null || ! command -v openssl >/dev/null \
-			|| ! command -v chromium >/dev/null; then \
-		echo "==> installing redis-server, nginx, openssl and chromium (apt)"; \
+	@missing=; for c in $(SYSTEM_COMMANDS); do command -v $$c >/dev/null || missing="$$missing $$c"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "==> missing:$$missing; installing $(SYSTEM_PACKAGES) (apt)"; \
 		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server nginx openssl chromium; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(SYSTEM_PACKAGES); \
 	fi
 
 clean:
