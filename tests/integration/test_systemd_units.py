@@ -5,7 +5,6 @@ import re
 import subprocess
 import sys
 
-
 from app import config
 from tests.servers import BIN, ROOT
 
