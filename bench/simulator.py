@@ -11,9 +11,10 @@ import sys
 import threading
 import time
 import uuid
+from contextlib import asynccontextmanager
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import Any, Callable
+from typing import Any, AsyncIterator, Callable
 
 try:  # uvloop is optional; the stdlib loop is fast enough for tests.
     import uvloop  # type: ignore[import-not-found]
@@ -816,6 +817,27 @@ class SimServer:
             return await self._stream(conn, g, keep)
         return await self._blocking(conn, g, keep)
 
+    @asynccontextmanager
+    async def _scheduled(self, conn: _Conn, g: _Gen) -> AsyncIterator[None]:
+        """Count `g` as waiting until the scheduler admits it, then as running until the block ends."""
+        st, gauges = self.stats, self._model_gauges[g.model]
+        st.waiting += 1
+        gauges[1] += 1
+        try:
+            await self._admit(conn, g)
+        finally:
+            st.waiting -= 1
+            gauges[1] -= 1
+        st.running += 1
+        gauges[0] += 1
+        try:
+            yield
+        finally:
+            st.running -= 1
+            gauges[0] -= 1
+            assert self._sem is not None
+            self._sem.release()
+
     async def _admit(self, conn: _Conn, g: _Gen) -> None:
         """Queue for a scheduler slot, then wait out ttft; both phases count as waiting."""
         assert self._sem is not None
@@ -844,45 +866,19 @@ class SimServer:
     async def _blocking(self, conn: _Conn, g: _Gen, keep: bool) -> str:
         """Non-streaming answer after ttft + itl*(n-1)."""
         st = self.stats
-        gauges = self._model_gauges[g.model]
         loop = asyncio.get_running_loop()
-        st.waiting += 1
-        gauges[1] += 1
-        phase = 1  # 1 waiting, 2 running, 0 done
-        acquired = False
-        t_run = 0.0
-        counted = False
-        try:
-            await self._admit(conn, g)
-            acquired = True
-            st.waiting -= 1
-            gauges[1] -= 1
-            st.running += 1
-            gauges[0] += 1
-            phase = 2
+        async with self._scheduled(conn, g):
             t_run = loop.time()
-            if g.itl > 0 and g.n > 1:
-                self._arm(conn)
-                await asyncio.sleep(g.itl * (g.n - 1))
+            try:
+                if g.itl > 0 and g.n > 1:
+                    self._arm(conn)
+                    await asyncio.sleep(g.itl * (g.n - 1))
+            except BaseException:
+                # Cancelled mid-generation: credit the tokens a real engine would have made so far.
+                made = g.n if g.itl <= 0 else 1 + int((loop.time() - t_run) / g.itl)
+                st.tokens_generated += min(made, g.n)
+                raise
             st.tokens_generated += g.n
-            counted = True
-            st.running -= 1
-            gauges[0] -= 1
-            phase = 0
-        finally:
-            if phase == 1:
-                st.waiting -= 1
-                gauges[1] -= 1
-            elif phase == 2:
-                st.running -= 1
-                gauges[0] -= 1
-                if not counted:
-                    # Cancelled mid-generation: credit the tokens a real engine would have made so far.
-                    made = g.n if g.itl <= 0 else 1 + int((loop.time() - t_run) / g.itl)
-                    st.tokens_generated += min(made, g.n)
-            if acquired:
-                assert self._sem is not None
-                self._sem.release()
 
         fault = g.fault
         if fault == "huge":
@@ -942,7 +938,6 @@ class SimServer:
     async def _stream(self, conn: _Conn, g: _Gen, keep: bool) -> str:
         """SSE answer: one HTTP chunk per event, each drained as soon as it is produced."""
         st = self.stats
-        gauges = self._model_gauges[g.model]
         loop = asyncio.get_running_loop()
         # Like Starlette's StreamingResponse, headers go out before the engine has produced anything.
         await self._send(conn, self._head(200, "text/event-stream; charset=utf-8", None, g.extra, not keep))
@@ -973,59 +968,40 @@ class SimServer:
             text = (_dumps(self._huge()) if fault == "huge" else b'" tok%d"' % i)
             return tok_prefix + text + (last_suffix if i == n else tok_suffix)
 
-        st.waiting += 1
-        gauges[1] += 1
-        phase = 1
-        acquired = False
         emitter: _Emitter | None = None
-        try:
-            await self._admit(conn, g)
-            acquired = True
-            st.waiting -= 1
-            gauges[1] -= 1
-            st.running += 1
-            gauges[0] += 1
-            phase = 2
-            if g.chat:
-                role = {"id": g.rid, "object": "chat.completion.chunk", "created": g.created, "model": g.model,
-                        "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                     "logprobs": None, "finish_reason": None}]}
-                await self._send_chunk(conn, b"data: " + _dumps(role) + b"\n\n")
-            assert self._ticker is not None
-            emitter = _Emitter(loop, self._ticker, conn.writer.transport, token_event, st, g.itl)
-            i = 1
-            while i <= n:
-                last = fault_at if i <= fault_at else n
-                i = await emitter.run(i, last)
-                if emitter.must_drain:
-                    try:
-                        await conn.writer.drain()
-                    except (ConnectionError, OSError):
-                        raise _ClientGone() from None
-                if i == fault_at + 1 and i - 1 == last:
-                    result = await self._mid_stream_fault(conn, g, i - 1, n, token_event)
-                    if result is not None:
-                        return result
-                    emitter.restart_clock(i)  # after a pause, resume one itl later instead of bursting
-            if g.include_usage:
-                usage = {"id": g.rid, "object": "chat.completion.chunk" if g.chat else "text_completion",
-                         "created": g.created, "model": g.model, "choices": [],
-                         "usage": self._usage(g, n)}
-                await self._send_chunk(conn, b"data: " + _dumps(usage) + b"\n\n")
-            await self._send(conn, b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n")
-            return "completed"
-        finally:
-            if emitter is not None:
-                emitter.cancel()
-            if phase == 1:
-                st.waiting -= 1
-                gauges[1] -= 1
-            elif phase == 2:
-                st.running -= 1
-                gauges[0] -= 1
-            if acquired:
-                assert self._sem is not None
-                self._sem.release()
+        async with self._scheduled(conn, g):
+            try:
+                if g.chat:
+                    role = {"id": g.rid, "object": "chat.completion.chunk", "created": g.created, "model": g.model,
+                            "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                         "logprobs": None, "finish_reason": None}]}
+                    await self._send_chunk(conn, b"data: " + _dumps(role) + b"\n\n")
+                assert self._ticker is not None
+                emitter = _Emitter(loop, self._ticker, conn.writer.transport, token_event, st, g.itl)
+                i = 1
+                while i <= n:
+                    last = fault_at if i <= fault_at else n
+                    i = await emitter.run(i, last)
+                    if emitter.must_drain:
+                        try:
+                            await conn.writer.drain()
+                        except (ConnectionError, OSError):
+                            raise _ClientGone() from None
+                    if i == fault_at + 1 and i - 1 == last:
+                        result = await self._mid_stream_fault(conn, g, i - 1, n, token_event)
+                        if result is not None:
+                            return result
+                        emitter.restart_clock(i)  # after a pause, resume one itl later instead of bursting
+                if g.include_usage:
+                    usage = {"id": g.rid, "object": "chat.completion.chunk" if g.chat else "text_completion",
+                             "created": g.created, "model": g.model, "choices": [],
+                             "usage": self._usage(g, n)}
+                    await self._send_chunk(conn, b"data: " + _dumps(usage) + b"\n\n")
+                await self._send(conn, b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n")
+                return "completed"
+            finally:
+                if emitter is not None:
+                    emitter.cancel()
 
     async def _mid_stream_fault(
         self, conn: _Conn, g: _Gen, i: int, n: int, token_event: Callable[[int], bytes]
