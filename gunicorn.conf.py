@@ -1,7 +1,7 @@
 """Gunicorn settings for Sluice: `gunicorn -c gunicorn.conf.py`.
 
 Values come from the same SLUICE_* settings as the app (app/config.py). That module (and
-app/metrics_dir.py) is loaded by file path, not imported from the `app` package: importing
+app/observe/metrics_dir.py) is loaded by file path, not imported from the `app` package: importing
 the package here would import Flask, requests and ssl in the master before gevent patches
 each worker.
 """
@@ -22,7 +22,7 @@ def _load(name, filename):
 
 
 _settings_module = _load("sluice_settings", "config.py")
-_metrics_dir = _load("sluice_metrics_dir", "metrics_dir.py")
+_metrics_dir = _load("sluice_metrics_dir", "observe/metrics_dir.py")
 try:
     _settings = _settings_module.load()
 except _settings_module.ConfigError as exc:
@@ -82,6 +82,6 @@ def on_exit(server):
 
 def post_worker_init(worker):
     """In each worker, once gevent has patched it: end what still runs before the grace period is over."""
-    from app import shutdown  # here, not at the top: the master must not import the app
+    from app.relay import shutdown  # here, not at the top: the master must not import the app
 
     shutdown.install(worker.cfg.graceful_timeout)

@@ -1,13 +1,14 @@
 """Sluice: a Flask gateway in front of GPU inference servers (vLLM, Ollama)."""
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from flask import Flask, request
 
 from app import config, errors
-from app.client_body import BODY_METHODS
 from app.errors import UnsupportedMediaType
+from app.relay.client_body import BODY_METHODS
 
 API_SPEC = {
     "API_TITLE": "Sluice",
@@ -26,10 +27,12 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     app.config.update(API_SPEC)
     app.config["MAX_CONTENT_LENGTH"] = settings["MAX_BODY_BYTES"]
 
-    from app import (admission, auth, client_body, instrument, limits, logs, proxies, request_id, shared_state,
-                     upstream)
-    from app.api import generate, health, metrics, openai, ws
-    from app.docs import Api
+    from app import upstream
+    from app.access import admission, auth, limits, shared_state
+    from app.api import generate, health, metrics_endpoint, openai, ws
+    from app.api.docs import Api
+    from app.observe import instrument, logs, request_id
+    from app.relay import client_body, proxies
 
     logs.init_app(app)
     request_id.init_app(app)
@@ -44,7 +47,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
 
     api = Api(app)  # /openapi.json and /docs
     api.register_blueprint(health.blp)
-    api.register_blueprint(metrics.blp)
+    api.register_blueprint(metrics_endpoint.blp)
     api.register_blueprint(generate.blp)
     api.register_blueprint(openai.blp)
     ws.init_app(app, api.spec)

@@ -14,14 +14,15 @@ import argparse
 import importlib
 import shlex
 import sys
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 Handler = Callable[[argparse.Namespace], int]
 Arguments = Callable[[argparse.ArgumentParser], None]
 
 _COMMANDS: list[tuple[str, Handler, Arguments]] = []
 # Modules whose register(subparsers) adds their own subcommands.
-REGISTRARS = ("app.keys_cli",)
+REGISTRARS = ("app.access.keys_cli",)
 
 
 def command(name: str, arguments: Arguments = lambda parser: None) -> Callable[[Handler], Handler]:

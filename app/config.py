@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 ENV_PREFIX = "SLUICE_"
 
@@ -229,7 +230,8 @@ def load(overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] 
         if setting.name in overrides:
             raw, source = overrides[setting.name], f"setting {setting.name}"
         elif setting.env_var in environ:
-            raw, source = environ[setting.env_var], f"environment variable {setting.env_var}={environ[setting.env_var]!r}"
+            raw = environ[setting.env_var]
+            source = f"environment variable {setting.env_var}={raw!r}"
         else:
             raw, source = setting.default, f"default of {setting.name}"
         try:

@@ -12,7 +12,7 @@ from typing import Any
 from flask import Flask
 from werkzeug.exceptions import HTTPException
 
-from app.disconnect import ClientDisconnected
+from app.relay.disconnect import ClientDisconnected
 
 log = logging.getLogger(__name__)
 

@@ -10,14 +10,15 @@ from __future__ import annotations
 import re
 import time
 from array import array
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 from blinker import Namespace
 
-from app.disconnect import ClientCancelled
 from app.errors import ApiError
+from app.relay.disconnect import ClientCancelled
 
 _signals = Namespace()
 opened = _signals.signal("sluice.exchange-opened")
@@ -56,7 +57,7 @@ class Exchange:
     status: int = 200
     error_code: str | None = None
     duration: float = 0.0
-    # What admission (app/admission.py) holds for this generation; given back when it finishes.
+    # What admission (app/access/admission.py) holds for this generation; given back when it finishes.
     admission: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:

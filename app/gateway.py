@@ -12,11 +12,11 @@ from typing import Any
 
 from flask import Response, g, request
 
-from app import admission
-from app.disconnect import cancel_on_disconnect
+from app.access import admission
 from app.exchange import COMPLETED, REJECTED, Exchange, failures_recorded
-from app.request_id import current_request_id
-from app.streaming import EventTransform, relay_response
+from app.observe.request_id import current_request_id
+from app.relay.disconnect import cancel_on_disconnect
+from app.relay.streaming import EventTransform, relay_response
 from app.upstream import get_upstream
 from app.upstream.pool import Lease
 from app.upstream.routing import SESSION_HEADER

@@ -125,16 +125,3 @@ class ApiErrorSchema(Schema):
     """Every error Sluice returns: {"error": {...}}."""
 
     error = fields.Nested(ErrorDetailSchema)
-
-
-class HealthSchema(Schema):
-    """Body of GET /healthz."""
-
-    status = fields.String(metadata={"description": "Always `ok` while the process answers."})
-
-
-class ReadySchema(Schema):
-    """Body of GET /readyz when the gateway can serve."""
-
-    status = fields.String(metadata={"description": "`ready`."})
-    upstream = fields.String(metadata={"description": "Base URL of the upstream that answered its health check."})

@@ -13,9 +13,9 @@ import requests
 
 from bench.features import Features
 from bench.loadgen import COMPLETIONS, NATIVE, Api, Endpoint
-from bench.nginx import Nginx
+from bench.nginx import BareNginx
+from bench.processes import Gateway, Service, Simulator
 from bench.sampler import pin
-from tests.servers import Gateway, Service, Simulator
 
 PROXY_CPU = 0
 LOAD_CPU = 1
@@ -84,7 +84,7 @@ def start(design: Design, upstream: Simulator, workdir: Path, features: Features
             url, api, headers = gateway.url, sluice_api(gateway.url), features.headers
             pids += features.pids
         if design.nginx:
-            services.append(Nginx(url.removeprefix("http://"), workdir / f"{design.name}-nginx"))
+            services.append(BareNginx(url.removeprefix("http://"), workdir / f"{design.name}-nginx"))
             url = services[-1].url
     except BaseException:
         Running(Endpoint("", 0, api), [], services).stop()

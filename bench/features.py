@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from app import config
-from tests.servers import ROOT, Service, free_port, wait_until
+from bench.processes import ROOT, Service, free_port, wait_until
 
 # Limits generous enough never to refuse the benchmark's own load: measured, never hit.
 KEY_LIMITS = ("--rpm", "1000000000", "--tpm", "1000000000000", "--max-concurrent", "100000")
@@ -93,7 +93,7 @@ def switch_on(workdir: Path, base_env: dict[str, str]) -> Features:
         features.on["API keys, per-key limits"] = f"SLUICE_KEYS_FILE, one key ({' '.join(KEY_LIMITS)})"
     else:
         features.on["API keys, per-key limits"] = "not in this build"
-    if importlib.util.find_spec("app.metrics") is not None:
+    if importlib.util.find_spec("app.observe.metrics") is not None:
         metrics_dir = workdir / "metrics"
         metrics_dir.mkdir(exist_ok=True)
         features.settings["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from time import perf_counter
-from typing import AsyncIterator
 
 _HEAD_END = b"\r\n\r\n"
 _READ_SIZE = 64 * 1024

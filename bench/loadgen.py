@@ -13,9 +13,10 @@ import math
 import os
 import sys
 import time
+from collections.abc import Coroutine
 from dataclasses import asdict, dataclass, field
 from time import perf_counter
-from typing import Any, Coroutine, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from bench import stats
@@ -278,7 +279,7 @@ async def streams(endpoint: Endpoint, count: int, tokens: int, timeout: float, w
     async def bounded() -> _Stream:
         try:
             return await asyncio.wait_for(_one_stream(endpoint, request, gaps), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return _Stream(error=f"no [DONE] within {timeout:g} s")
 
     load = _Load(watch)

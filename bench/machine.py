@@ -8,7 +8,7 @@ import time
 from importlib import metadata
 from typing import Any
 
-from tests.servers import ROOT
+from bench.processes import ROOT
 
 PACKAGES = ("flask", "werkzeug", "gunicorn", "gevent", "greenlet", "requests", "urllib3", "flask-smorest",
             "marshmallow", "flask-limiter", "prometheus-client", "uvloop", "psutil")

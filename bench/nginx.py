@@ -10,7 +10,7 @@ from pathlib import Path
 
 import requests
 
-from tests.servers import Service, free_port, wait_until
+from bench.processes import Service, free_port, wait_until
 
 CONF = """\
 worker_processes 1;
@@ -54,7 +54,7 @@ def write_conf(prefix: Path, upstream: str, port: int) -> Path:
     return conf
 
 
-class Nginx(Service):
+class BareNginx(Service):
     """nginx in the foreground in front of `upstream`, with its files under `prefix`."""
 
     def __init__(self, upstream: str, prefix: Path) -> None:

@@ -12,7 +12,7 @@ import argparse
 import json
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -36,7 +36,7 @@ class Stats:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _prompt_words(path: str, body: dict[str, Any]) -> int:
@@ -49,7 +49,7 @@ class Handler(BaseHTTPRequestHandler):
     """One request; the server carries its settings (models, itl) and the stats."""
 
     protocol_version = "HTTP/1.1"
-    server: OllamaSimulator
+    server: OllamaServer
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet: tests read /sim/stats instead
         pass
@@ -128,7 +128,7 @@ class Handler(BaseHTTPRequestHandler):
         self.server.stats.add("completed")
 
 
-class OllamaSimulator(ThreadingHTTPServer):
+class OllamaServer(ThreadingHTTPServer):
     """The server: its models, time between tokens, and counters."""
 
     daemon_threads = True
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", default="sim-llama:latest", help="comma-separated model names")
     parser.add_argument("--itl", type=float, default=0.0, help="seconds between streamed tokens")
     args = parser.parse_args(argv)
-    server = OllamaSimulator((args.host, args.port), args.models.split(","), args.itl)
+    server = OllamaServer((args.host, args.port), args.models.split(","), args.itl)
     print(f"ollama simulator listening on http://{args.host}:{server.server_port}", flush=True)
     try:
         server.serve_forever()

@@ -13,7 +13,6 @@ from bench.designs import ALL  # noqa: E402
 from bench.loadgen import GAP_BIN, GAP_BINS  # noqa: E402
 from bench.summary import UPSTREAM_GAP, Suite  # noqa: E402
 
-
 COLOURS = {design.name: f"C{i}" for i, design in enumerate(ALL)}  # one colour per design in every plot
 
 
@@ -55,14 +54,15 @@ def _pooled_histogram(suite: Suite, design: str, kind: str) -> list[int]:
         if row is None:
             continue
         counts = row["gap_histogram"]
-        pooled = [a + b for a, b in zip(pooled, counts)] if pooled else list(counts)
+        pooled = [a + b for a, b in zip(pooled, counts, strict=True)] if pooled else list(counts)
     return pooled
 
 
 def gaps(suite: Suite, path: Path) -> Path:
     """Cumulative distribution of the time between two tokens at the client, per design."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    for axis, kind, count in ((axes[0], "streams", suite.plan["streams"]), (axes[1], "capacity", suite.plan["capacity"])):
+    panels = ((axes[0], "streams", suite.plan["streams"]), (axes[1], "capacity", suite.plan["capacity"]))
+    for axis, kind, count in panels:
         for design in suite.designs:
             counts = _pooled_histogram(suite, design, kind)
             if not counts or not sum(counts):

@@ -22,8 +22,8 @@ from typing import Any
 from bench import designs, loadgen
 from bench.features import switch_on
 from bench.loadgen import Watch
+from bench.processes import Simulator
 from bench.sampler import tree
-from tests.servers import Simulator
 
 RATE = 200  # samples per second: enough for a stable ranking, little slowing of the worker
 SECONDS = 8

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from bench.loadgen import CANCEL_CASES
 from bench.stats import Spread
@@ -25,7 +25,10 @@ def _fmt(s: Spread, scale: float = 1.0, digits: int = 2, unit: str = "") -> str:
     """'median [low–high]' in the given unit; a dash when not measured."""
     if not s.known:
         return "–"
-    one = (lambda v: f"{v * scale:,.{digits}f}")
+
+    def one(v: float) -> str:
+        return f"{v * scale:,.{digits}f}"
+
     if s.low == s.high:
         return f"{one(s.median)}{unit}"
     return f"{one(s.median)}{unit} [{one(s.low)}–{one(s.high)}]"
@@ -127,7 +130,9 @@ def _streams_section(suite: Suite, kind: str, title: str) -> str:
     failures = _error_reasons([r for r in suite.raw["streams"] if r["kind"] == kind], "errors")
     rows = []
     for d in designs:
-        fig: Callable[[str], Spread] = lambda key: suite.streams_figure(d, kind, key)  # noqa: E731
+        def fig(key: str, d: str = d) -> Spread:
+            return suite.streams_figure(d, kind, key)
+
         rows.append([d, _fmt(fig("completed"), digits=0), failures.get(d, "none"),
                      _fmt(fig("ttft_p50"), 1e3, 0), _fmt(fig("ttft_p99"), 1e3, 0),
                      _fmt(suite.added_ttft(d, kind), 1e3, 0),

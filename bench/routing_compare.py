@@ -23,8 +23,8 @@ from pathlib import Path
 
 import requests
 
-from tests.servers import Gateway, Simulator
-from tests.sse_client import stream
+from bench.processes import Gateway, Simulator
+from bench.sse_client import stream
 
 STRATEGIES = ("round_robin", "least_outstanding", "load_aware")
 MAX_TOKENS = 32
@@ -51,7 +51,7 @@ def run(strategy: str, replicas: list[Simulator], total: int, concurrency: int, 
         with ThreadPoolExecutor(max_workers=concurrency) as clients:
             latencies = sorted(clients.map(one, range(total)))
         wall = time.monotonic() - started
-        counts = [r.stats()["requests_total"] - b for r, b in zip(replicas, before)]
+        counts = [r.stats()["requests_total"] - b for r, b in zip(replicas, before, strict=True)]
     finally:
         gateway.stop()
     return {"strategy": strategy, "counts": counts, "wall": wall, "mean": statistics.fmean(latencies),

@@ -26,8 +26,8 @@ from bench import designs, loadgen, machine, plots, report
 from bench.designs import Design
 from bench.features import Features, switch_on
 from bench.loadgen import CANCEL_CASES, Watch
+from bench.processes import ROOT, Simulator
 from bench.simulator import raise_fd_limit
-from tests.servers import ROOT, Simulator
 
 DOC = ROOT / "docs" / "benchmarks.md"
 OUT = ROOT / "docs" / "benchmarks"

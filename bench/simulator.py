@@ -11,10 +11,11 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 try:  # uvloop is optional; the stdlib loop is fast enough for tests.
     import uvloop  # type: ignore[import-not-found]
@@ -885,7 +886,7 @@ class SimServer:
             text = self._huge()
             n, finish = len(text) // 4, "length"
         else:
-            text = "".join([" tok%d" % i for i in range(1, g.n + 1)])
+            text = "".join([f" tok{i}" for i in range(1, g.n + 1)])
             n, finish = g.n, g.finish
         if g.chat:
             resp = {
@@ -1029,7 +1030,7 @@ class SimServer:
         return None
 
 
-class Simulator:
+class SimulatorThread:
     """A SimServer running on its own event loop in a daemon thread, for in-process tests."""
 
     def __init__(self, config: SimConfig | None = None, **overrides: Any) -> None:
@@ -1057,7 +1058,7 @@ class Simulator:
         """The bound port (resolved after start when the config asked for 0)."""
         return self._server.port
 
-    def start(self, timeout: float = 10.0) -> Simulator:
+    def start(self, timeout: float = 10.0) -> SimulatorThread:
         """Start the server thread and return once it is accepting connections."""
         if self._thread is not None:
             raise RuntimeError("simulator already started")
@@ -1136,7 +1137,7 @@ class Simulator:
                 return False
             time.sleep(interval)
 
-    def __enter__(self) -> Simulator:
+    def __enter__(self) -> SimulatorThread:
         """Start on entry."""
         return self.start()
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import requests
 
-from tests.servers import Gateway, Simulator
-from tests.worker_probe import open_fds, rss_bytes, worker_pid
+from bench.processes import Gateway, Simulator
+from bench.worker_probe import open_fds, rss_bytes, worker_pid
 
 # One cycle of 20 requests: 8 blocking, 8 streams, 2 abandoned streams, 2 rejected.
 CYCLE = ["blocking"] * 8 + ["stream"] * 8 + ["cancelled"] * 2 + ["invalid"] + ["wrong_type"]

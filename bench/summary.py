@@ -4,8 +4,9 @@ against the references measured in the same round, and the verdict on each targe
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from bench.stats import Spread
 
@@ -115,8 +116,10 @@ def verdicts(suite: Suite) -> list[Verdict]:
     if subject is None:
         return out
     p50, p99 = suite.added_latency(subject, 1, "p50"), suite.added_latency(subject, 1, "p99")
-    out.append(Verdict("added latency at concurrency 1: p50 ≤ 1 ms", _ms(p50), _judge(p50, lambda v: v <= ADDED_P50_MAX)))
-    out.append(Verdict("added latency at concurrency 1: p99 ≤ 2 ms", _ms(p99), _judge(p99, lambda v: v <= ADDED_P99_MAX)))
+    out.append(Verdict("added latency at concurrency 1: p50 ≤ 1 ms", _ms(p50),
+                       _judge(p50, lambda v: v <= ADDED_P50_MAX)))
+    out.append(Verdict("added latency at concurrency 1: p99 ≤ 2 ms", _ms(p99),
+                       _judge(p99, lambda v: v <= ADDED_P99_MAX)))
     top = max(suite.plan["concurrency"])
     rps = suite.blocking_figure(subject, top, "rps")
     out.append(Verdict(f"blocking throughput at concurrency {top}: ≥ {RPS_MIN:,} requests/s per worker",

@@ -23,7 +23,7 @@ from app.engine.report import EngineError
 from bench.designs import WORKER_CONNECTIONS, sluice_api
 from bench.features import switch_on
 from bench.loadgen import COMPLETIONS
-from tests.servers import Gateway, free_port
+from bench.processes import Gateway, free_port
 
 # A load the CPU engine finishes in about a minute per path (about 45 tokens/s at 8 streams).
 CLIENT_ARGS = ("--backend", "openai", "--endpoint", "/v1/completions", "--dataset-name", "random",

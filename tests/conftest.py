@@ -33,7 +33,7 @@ def client(app):
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
     """A real redis-server for the session; tests that stop Redis start their own."""
-    from tests.servers import Redis
+    from bench.processes import Redis
 
     server = Redis(log=tmp_path_factory.mktemp("redis") / "redis.log")
     yield server

@@ -11,7 +11,7 @@ from pathlib import Path
 import requests
 from requests.adapters import HTTPAdapter
 
-from tests.servers import ROOT, Service, free_port, wait_until
+from bench.processes import ROOT, Service, free_port, wait_until
 
 NGINX_DIR = ROOT / "nginx"
 SERVER_NAME = "sluice.example.com"  # the server_name in nginx/sluice.conf

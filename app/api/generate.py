@@ -11,8 +11,8 @@ from typing import Any
 from flask.views import MethodView
 
 from app import gateway
+from app.api.docs import GENERATION_HEADERS, error_responses, sse_response
 from app.api.smorest import Blueprint
-from app.docs import GENERATION_HEADERS, error_responses, sse_response
 from app.errors import UpstreamBadResponse
 from app.schemas import GenerateRequestSchema, GenerateResponseSchema
 from app.upstream import errors as upstream_errors

@@ -9,10 +9,10 @@ from typing import Any
 
 from flask import current_app
 
-from app import metrics
+from app.api.docs import error_responses
 from app.api.smorest import Blueprint
-from app.docs import error_responses
 from app.errors import Unavailable
+from app.observe import metrics
 from app.schemas import HealthSchema, ReadinessSchema
 from app.upstream import get_upstream
 from app.upstream.replicas import SERVING

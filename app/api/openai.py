@@ -12,10 +12,10 @@ import re
 from typing import Any
 
 from flask.views import MethodView
-from app.api.smorest import Blueprint
-from app.docs import GENERATION_HEADERS, error_responses
 
 from app import gateway
+from app.api.docs import GENERATION_HEADERS, error_responses
+from app.api.smorest import Blueprint
 from app.schemas import ApiErrorSchema
 from app.schemas_openai import ChatCompletionRequestSchema, CompletionRequestSchema, ModelListSchema
 from app.upstream import errors as upstream_errors

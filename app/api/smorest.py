@@ -1,5 +1,5 @@
 """flask-smorest, adapted: the Blueprint every API module builds on parses JSON bodies without
-ever failing with a 500. (The Api, with the document's additions, is in app/docs.py.)"""
+ever failing with a 500. (The Api, with the document's additions, is in app/api/docs.py.)"""
 from __future__ import annotations
 
 import json

@@ -15,8 +15,9 @@ from __future__ import annotations
 import json
 import logging
 from collections import deque
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from typing import Any, Iterator
+from typing import Any
 
 import gevent
 from apispec import APISpec
@@ -28,13 +29,19 @@ from werkzeug.routing import WebsocketMismatch
 
 from app import gateway
 from app.api.generate import NativeStreamTranslator, completion_request
-from app.disconnect import CancelRequested, ClientDisconnected, Guard, interruptible
-from app.errors import (ApiError, InvalidRequest, ValidationFailed, error_response, from_validation_messages,
-                        internal_error)
+from app.errors import (
+    ApiError,
+    InvalidRequest,
+    ValidationFailed,
+    error_response,
+    from_validation_messages,
+    internal_error,
+)
 from app.exchange import COMPLETED, Exchange, failures_recorded
-from app.request_id import current_request_id
+from app.observe.request_id import current_request_id
+from app.relay.disconnect import CancelRequested, ClientDisconnected, Guard, interruptible
+from app.relay.streaming import upstream_events
 from app.schemas import GenerateRequestSchema
-from app.streaming import upstream_events
 from app.upstream import get_upstream
 from app.upstream.models import resolve_model
 

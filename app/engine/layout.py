@@ -1,9 +1,10 @@
 """Where the embedded engine keeps its files: one place that names every path."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 # The folder holding wsgi.py, gunicorn.conf.py and requirements-engine.txt: app/engine/../..
 PROJECT_ROOT = Path(__file__).resolve().parents[2]

@@ -7,8 +7,9 @@ import subprocess
 import tempfile
 import time
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from app.engine.layout import ENGINE_SCRIPTS, EngineLayout
 from app.engine.report import EngineError, Waiting, say, tail

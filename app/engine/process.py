@@ -5,12 +5,13 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from app.engine import children
-from app.engine.health import answers, port_is_free, wait_until_answers
+from app.engine.net_probes import answers, port_is_free, wait_until_answers
 from app.engine.report import EngineError, say, tail
 
 HOST = "127.0.0.1"

@@ -1,14 +1,15 @@
-"""`sluice serve`: the gateway, in front of SLUICE_UPSTREAM_URL (or _UPSTREAMS_FILE) or of an embedded vLLM it starts."""
+"""`sluice serve`: the gateway in front of SLUICE_UPSTREAM_URL (or _UPSTREAMS_FILE), or of an embedded vLLM."""
 from __future__ import annotations
 
 import contextlib
 import signal
 import time
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 from app.config import authentication_required
 from app.engine.environment import ensure_environment
-from app.engine.gateway import Gateway, curl_example
+from app.engine.gateway_process import Gateway, curl_example
 from app.engine.layout import EngineLayout
 from app.engine.model import ensure_model
 from app.engine.process import EngineSpec

@@ -7,7 +7,8 @@ the worker's connection limit so that no connection is discarded under load.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter

@@ -7,8 +7,15 @@ from typing import Any
 
 import requests
 
-from app.errors import (ApiError, InvalidRequest, NotFound, Unavailable, UpstreamBadResponse,
-                        UpstreamTimeout, ValidationFailed)
+from app.errors import (
+    ApiError,
+    InvalidRequest,
+    NotFound,
+    Unavailable,
+    UpstreamBadResponse,
+    UpstreamTimeout,
+    ValidationFailed,
+)
 
 # Upstream statuses that are the client's fault are passed on with the upstream's message;
 # the rest are the gateway's problem and become 502 or 503.

@@ -7,7 +7,8 @@ Ollama; the translation itself is in ollama_wire.
 from __future__ import annotations
 
 import uuid
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import requests
 

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import requests
 
 from app.errors import ApiError, NotFound, Unavailable, UpstreamBadResponse
 from app.exchange import Exchange
 from app.upstream import errors
-from app.upstream.health import HealthChecker, check_all, discover_models
+from app.upstream.health_checks import HealthChecker, check_all, discover_models
 from app.upstream.replicas import Replica
 from app.upstream.routing import Strategy, affinity_key
 
@@ -89,7 +90,10 @@ class Pool:
                           "upstreams (see /readyz)", code="no_model")
 
     def served_models(self) -> dict[str, str]:
-        """Every model some replica serves -> the kind of the first one serving it (asking those that have not said yet)."""
+        """Every model some replica serves -> the kind of the first one serving it.
+
+        Replicas that have not listed their models yet are asked now.
+        """
         served: dict[str, str] = {}
         for replica in self.replicas:
             if replica.models is None:

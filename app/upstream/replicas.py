@@ -16,8 +16,9 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import requests
 from blinker import Namespace
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 HEALTHY, EJECTED, RECOVERING = "healthy", "ejected", "recovering"
 SERVING = (HEALTHY, RECOVERING)
 
-# For metrics (app/instrument.py), so that routing knows nothing of them. Sender: the Replica.
+# For metrics (app/observe/instrument.py), so that routing knows nothing of them. Sender: the Replica.
 _signals = Namespace()
 observed = _signals.signal("sluice.replica-observed")  # its state or load figures may have changed
 request_started = _signals.signal("sluice.replica-request-started")

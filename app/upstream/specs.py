@@ -12,8 +12,9 @@ The file is JSON, because a list of replicas does not fit one environment variab
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 from app.config import ConfigError

@@ -18,8 +18,8 @@ from app.engine.layout import EngineLayout
 from app.engine.model import ensure_model
 from app.engine.process import EngineProcess, EngineSpec, start_engine
 from app.engine.supervisor import StateFile
+from bench.processes import Gateway, free_port
 from tests.e2e.clients import MAX_NUM_SEQS
-from tests.servers import Gateway, free_port
 
 OWN_ENGINE_MODULES = ("test_serve",)
 

@@ -6,8 +6,8 @@ import time
 import pytest
 import requests
 
+from bench.sse_client import stream
 from tests.e2e.clients import LONG_PROMPT
-from tests.sse_client import stream
 
 pytestmark = pytest.mark.e2e
 

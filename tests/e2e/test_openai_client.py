@@ -6,8 +6,8 @@ import asyncio
 import openai
 import pytest
 
-from app.keys import FileKeyStore, KeyRing
-from tests.servers import Gateway
+from app.access.keys import FileKeyStore, KeyRing
+from bench.processes import Gateway
 
 pytestmark = pytest.mark.e2e
 

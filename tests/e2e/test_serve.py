@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from app.engine.layout import PROJECT_ROOT
-from tests.servers import free_port
+from bench.processes import free_port
 
 pytestmark = pytest.mark.e2e
 

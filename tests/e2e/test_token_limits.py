@@ -7,9 +7,9 @@ import time
 import pytest
 import requests
 
-from app.keys import FileKeyStore, KeyRing
+from app.access.keys import FileKeyStore, KeyRing
+from bench.processes import Gateway
 from tests.e2e.clients import LONG_PROMPT
-from tests.servers import Gateway
 
 pytestmark = pytest.mark.e2e
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.servers import Gateway, Simulator
+from bench.processes import Gateway, Simulator
 
 pytestmark = pytest.mark.integration
 

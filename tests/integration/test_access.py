@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
 from urllib.parse import urlencode
 
 import pytest
@@ -13,8 +13,8 @@ import requests
 import websocket
 from requests.structures import CaseInsensitiveDict
 
-from app.keys import FileKeyStore, KeyRing, RedisKeyStore
-from tests.servers import BIN, Gateway, Redis, Service, wait_until
+from app.access.keys import FileKeyStore, KeyRing, RedisKeyStore
+from bench.processes import BIN, Gateway, Redis, Service, wait_until
 
 # The access log names the worker (pid) that served each request, so tests can tell that
 # both workers took part.

@@ -11,8 +11,8 @@ import subprocess
 import sys
 
 from bench.loadgen import CANCEL_CASES
+from bench.processes import ROOT
 from bench.report import BEGIN, END
-from tests.servers import ROOT
 
 
 def test_short_benchmark_produces_its_figures(tmp_path):

@@ -13,8 +13,8 @@ import time
 import pytest
 import requests
 
-from tests.servers import Gateway, Simulator, wait_until
-from tests.worker_probe import settled_holdings, worker_pid
+from bench.processes import Gateway, Simulator, wait_until
+from bench.worker_probe import settled_holdings, worker_pid
 
 BODY_TIMEOUT = 1.0
 MAX_SEQS = 6  # the simulator generates this many at once; the rest wait, as in vLLM's queue

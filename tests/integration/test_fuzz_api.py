@@ -15,7 +15,7 @@ from schemathesis.checks import CheckContext
 from schemathesis.core.failures import Failure
 from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
 
-from tests.servers import Gateway, Simulator
+from bench.processes import Gateway, Simulator
 
 MAX_EXAMPLES = 150
 ERROR_FIELDS = {"message", "type", "param", "code"}
@@ -73,7 +73,7 @@ def test_every_operation_conforms_and_never_fails_with_a_5xx(api_schema, mode):
 
         @given(case=operation.as_strategy(generation_mode=mode))
         @settings(max_examples=MAX_EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
-        def fuzz(case):
+        def fuzz(case, excluded=excluded):
             case.call_and_validate(additional_checks=[errors_in_the_one_shape], excluded_checks=excluded,
                                    timeout=30)
 

@@ -13,8 +13,8 @@ import pytest
 import requests
 import websocket
 
-from app.keys import FileKeyStore, KeyRing
-from tests.servers import Gateway
+from app.access.keys import FileKeyStore, KeyRing
+from bench.processes import Gateway
 
 MODEL = "gpt-4o-mini"  # mapped to the simulator's sim-model
 ASK = [{"role": "user", "content": "Is this key safe?"}]

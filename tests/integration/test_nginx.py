@@ -9,17 +9,17 @@ import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
 
 import pytest
 import requests
 import websocket
 
+from bench.processes import Gateway, free_port, wait_until
+from bench.sse_client import StreamResult, stream
 from tests.integration.test_websocket import until_end
 from tests.nginx import NGINX_DIR, SERVER_NAME, Nginx, nginx_command, upstream_lines, write_config
-from tests.servers import Gateway, free_port, wait_until
-from tests.sse_client import StreamResult, stream
 
 MiB = 1024 * 1024
 ERROR_KEYS = {"message", "type", "param", "code"}
@@ -88,7 +88,8 @@ def test_blocking_and_streaming_through_nginx(nginx, gateways):
     arrivals = {}
     for name, result in (("direct", direct), ("proxied", proxied)):
         assert result.status == 200 and result.done and len(result.text_events) == 25
-        arrivals[name] = [t for e, t in zip(result.events, result.times) if isinstance(e, dict) and e.get("text")]
+        arrivals[name] = [t for e, t in zip(result.events, result.times, strict=True)
+                          if isinstance(e, dict) and e.get("text")]
     # 25 tokens 20 ms apart, relayed one by one through nginx rather than collected first...
     assert arrivals["proxied"][-1] - arrivals["proxied"][0] > 0.3
     assert len({round(t, 3) for t in arrivals["proxied"]}) > 15, "tokens arrived in bursts through nginx"
@@ -304,7 +305,8 @@ def test_hup_reload_finishes_20_streams_and_keeps_serving(nginx, gateways, simul
     streams, statuses = run_streams_through(nginx, 20, 150, reload_both)  # 3 s each
     assert [(s.status, s.done, len(s.text_events)) for s in streams] == [(200, True, 150)] * 20
     assert len(statuses) >= 3 and set(statuses) == {200}, statuses
-    wait_until(lambda: all(len(log_lines(gw, "Booting worker")) == n + 1 for gw, n in zip(gateways, booted)),
+    wait_until(lambda: all(len(log_lines(gw, "Booting worker")) == n + 1
+                           for gw, n in zip(gateways, booted, strict=True)),
                10, "a new worker in each gateway")
     streamed_by = upstreams_of([line for line in nginx.access_log()[seen:] if "/v1/generate/stream" in line])
     assert sorted(set(streamed_by)) == sorted(address(gw) for gw in gateways), "least_conn used one gateway"

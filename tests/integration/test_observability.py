@@ -15,8 +15,8 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.processes import Gateway, Simulator, wait_until
 from tests.integration.test_gateway import open_raw
-from tests.servers import Gateway, Simulator, wait_until
 
 TOKEN = "metrics-secret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -102,13 +102,15 @@ def test_counters_add_up_across_both_workers_and_survive_a_worker_death(fresh_ga
     with ThreadPoolExecutor(max_workers=8) as pool:
         for batch in range(10):  # until both workers have served a generation (usually the first batch)
             kinds = [kind for kind, n in BATCH.items() for _ in range(n)]
-            statuses = list(pool.map(lambda ik: send(gateway, ik[1], f"obs-{batch}-{ik[0]}"), enumerate(kinds)))
+            statuses = list(pool.map(lambda ik, batch=batch: send(gateway, ik[1], f"obs-{batch}-{ik[0]}"),
+                                     enumerate(kinds)))
             assert statuses == [STATUS[kind] for kind in kinds]
             for kind in kinds:
                 sent[kind] += 1
             generations = sent["blocking"] + sent["stream"]
-            wait_until(lambda: len([line for line in log_lines(gateway) if line.get("event") == "generation"])
-                       == generations, 5, "a log line per generation")
+            wait_until(lambda n=generations: len([line for line in log_lines(gateway)
+                                                  if line.get("event") == "generation"]) == n,
+                       5, "a log line per generation")
             pids = {line["pid"] for line in log_lines(gateway) if line.get("event") == "generation"}
             if len(pids) == 2:
                 break

@@ -8,8 +8,8 @@ import pytest
 import requests
 import websocket
 
-from tests.servers import Gateway, OllamaSimulator, wait_until
-from tests.sse_client import stream
+from bench.processes import Gateway, OllamaSimulator, wait_until
+from bench.sse_client import stream
 
 MODEL = "sim-llama:latest"
 ASK = [{"role": "user", "content": "What is the capital of France?"}]

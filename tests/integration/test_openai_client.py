@@ -6,14 +6,14 @@ API keys, in test_keyed_gateway.py.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import openai
 import pytest
 
-from tests.servers import Gateway, Simulator
+from bench.processes import Gateway, Simulator
 
 MODEL = "gpt-4o-mini"  # mapped to the simulator's sim-model
 ASK = [{"role": "user", "content": "What is the capital of France?"}]

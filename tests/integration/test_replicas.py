@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 import signal
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Iterator
 
 import requests
 
-from tests.servers import Gateway, Simulator, wait_until
-from tests.sse_client import stream
+from bench.processes import Gateway, Simulator, wait_until
+from bench.sse_client import stream
 
 
 @contextmanager

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import requests
 
-from tests.servers import Gateway
-from tests.sse_client import stream
+from bench.processes import Gateway
+from bench.sse_client import stream
 
 CLIENT_KEY = "sk-client-7f3a9c1e"
 UPSTREAM_KEY = "sk-upstream-52d0b8aa"

@@ -9,8 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
-from tests.servers import Gateway, Simulator, wait_until
-from tests.sse_client import StreamResult, stream
+from bench.processes import Gateway, Simulator, wait_until
+from bench.sse_client import StreamResult, stream
 
 GRACEFUL = 6  # seconds; the gateway ends what still runs 2 s before gunicorn's kill
 STREAMS = 50
@@ -39,7 +39,7 @@ def test_sigterm_during_50_streams_cuts_none_silently(tmp_logs):
             results = [f.result() for f in streams]
             replies = [f.result() for f in blocking]
 
-        for max_tokens, result in zip(lengths, results):
+        for max_tokens, result in zip(lengths, results, strict=True):
             assert result.status == 200 and result.done, f"a stream was cut without [DONE]: {result.events[-2:]}"
             last = result.events[-2]
             if max_tokens == SHORT:

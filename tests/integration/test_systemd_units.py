@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 from app import config
-from tests.servers import BIN, ROOT
+from bench.processes import BIN, ROOT
 
 UNITS = ROOT / "deploy" / "systemd"
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 import requests
 
-from tests.servers import Gateway, Simulator, free_port
-from tests.sse_client import StreamResult, stream
-from tests.worker_probe import settled_holdings, worker_pid
+from bench.processes import Gateway, Simulator, free_port
+from bench.sse_client import StreamResult, stream
+from bench.worker_probe import settled_holdings, worker_pid
 
 NOTHING_LISTENING = "nothing_listening"  # no simulator at all: the connection is refused
 BODY = {"prompt": "one two three", "max_tokens": 5}

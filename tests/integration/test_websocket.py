@@ -7,8 +7,8 @@ import time
 import pytest
 import websocket
 
+from bench.processes import Gateway
 from tests.integration.test_gateway import wait_cancelled
-from tests.servers import Gateway
 
 PING_INTERVAL = 0.2
 
@@ -76,7 +76,8 @@ def test_requests_follow_each_other_on_one_connection(ws):
 def test_bad_messages_get_error_messages_and_the_connection_stays_usable(ws):
     ws.send("{not json")
     assert receive(ws) == {"type": "error", "id": None, "error": {
-        "message": "Message is not valid JSON.", "type": "invalid_request_error", "param": None, "code": "invalid_json"}}
+        "message": "Message is not valid JSON.", "type": "invalid_request_error", "param": None,
+        "code": "invalid_json"}}
     ws.send(json.dumps({"prompt": "", "max_tokens": 2, "temprature": 1}))
     error = receive(ws)["error"]
     assert error["code"] == "validation_error" and error["param"] == "prompt" and "temprature" in error["message"]

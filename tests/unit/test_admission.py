@@ -4,10 +4,10 @@ from __future__ import annotations
 import gevent
 import pytest
 
-from app.admission import Admitter, WorkerGate, prompt_estimate
+from app.access.admission import Admitter, WorkerGate, prompt_estimate
+from app.access.shared_state import SharedState
 from app.errors import RateLimited, Unavailable
 from app.exchange import COMPLETED, Exchange
-from app.shared_state import SharedState
 
 
 def test_gate_queues_a_bounded_number_then_refuses_at_once():

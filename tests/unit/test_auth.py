@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import pytest
 
-from app.auth import bearer_key
+from app.access.auth import bearer_key
+from app.access.keys import FileKeyStore, KeyRing, RedisKeyStore
 from app.errors import Unauthorized
-from app.keys import FileKeyStore, KeyRing, RedisKeyStore
-from tests.servers import Redis
+from bench.processes import Redis
 
 
 @pytest.mark.parametrize("header, key", [("Bearer abc", "abc"), ("bearer  abc ", "abc"), ("BEARER abc", "abc")])

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from app.counters import MemoryCounters, RedisCounters
+from app.access.counters import MemoryCounters, RedisCounters
 
 
 @pytest.fixture(params=["memory", "redis"])

@@ -15,15 +15,15 @@ import requests
 from app import config
 from app.engine import children
 from app.engine.environment import is_ready, requirements_digest
-from app.engine.gateway import curl_example, local_url
+from app.engine.gateway_process import curl_example, local_url
 from app.engine.layout import PROJECT_ROOT, EngineLayout
 from app.engine.model import _sweep_partials, default_model_dir, ensure_model
 from app.engine.probe import unmet_pins
 from app.engine.process import EngineSpec
 from app.engine.report import EngineError
 from app.engine.supervisor import EngineSupervisor, StateFile
+from bench.processes import free_port
 from tests import fake_engine
-from tests.servers import free_port
 
 
 @pytest.mark.parametrize("bind, url", [

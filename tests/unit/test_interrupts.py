@@ -5,9 +5,9 @@ import gevent
 import gevent.socket
 import pytest
 
-from app.disconnect import cancel_on_disconnect, interrupt_all
 from app.errors import Unavailable
-from app.shutdown import end_running
+from app.relay.disconnect import cancel_on_disconnect, interrupt_all
+from app.relay.shutdown import end_running
 
 
 @pytest.fixture

@@ -8,7 +8,16 @@ import stat
 
 import pytest
 
-from app.keys import KEY_PREFIX, FileKeyStore, KeyRecord, KeyRing, KeyStoreError, RedisKeyStore, hash_key, new_key
+from app.access.keys import (
+    KEY_PREFIX,
+    FileKeyStore,
+    KeyRecord,
+    KeyRing,
+    KeyStoreError,
+    RedisKeyStore,
+    hash_key,
+    new_key,
+)
 
 
 def test_keys_are_long_random_and_only_their_hash_is_kept(tmp_path):

@@ -5,8 +5,8 @@ import argparse
 
 import pytest
 
-from app import keys_cli
-from app.keys import FileKeyStore, hash_key
+from app.access import keys_cli
+from app.access.keys import FileKeyStore, hash_key
 
 
 def sluice(*argv: str) -> int:
@@ -70,7 +70,7 @@ def test_keys_go_to_redis_when_configured(redis_server, redis_client, keys_file,
 
 
 def test_unreachable_redis_is_one_clear_line(keys_file, monkeypatch, capsys):
-    from tests.servers import free_port
+    from bench.processes import free_port
 
     monkeypatch.setenv("SLUICE_REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
     assert sluice("keys", "list") == 1

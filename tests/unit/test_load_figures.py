@@ -4,7 +4,7 @@ from __future__ import annotations
 import requests
 
 from app.upstream.load import Load, parse_vllm_metrics
-from bench.simulator import SimConfig, Simulator
+from bench.simulator import SimConfig, SimulatorThread
 
 
 def test_gauges_add_up_over_models_and_engines_and_kv_is_the_fullest():
@@ -28,7 +28,7 @@ def test_older_vllm_kv_gauge_name_and_a_page_without_vllm_gauges():
 
 
 def test_simulator_metrics_under_load():
-    with Simulator(SimConfig(port=0, max_num_seqs=1, itl=5)) as sim:
+    with SimulatorThread(SimConfig(port=0, max_num_seqs=1, itl=5)) as sim:
         # Two slow streams for one slot: one generates, one waits, and the KV cache is "full".
         replies = [requests.post(sim.url + "/v1/completions", json={"prompt": "x", "stream": True},
                                  stream=True, timeout=10) for _ in range(2)]

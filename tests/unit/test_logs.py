@@ -8,8 +8,8 @@ import logging
 import pytest
 import responses
 
-from app import logs
-from app.logs import JsonFormatter
+from app.observe import logs
+from app.observe.logs import JsonFormatter
 from tests.conftest import UPSTREAM
 from tests.unit.test_metrics import BLOCKING_REPLY, COMPLETIONS
 from tests.unit.test_stream_relay import UPSTREAM_STREAM
@@ -49,7 +49,7 @@ def test_one_line_per_blocking_generation(client, log_lines):
 @responses.activate
 def test_stream_line_has_time_to_first_token(client, log_lines):
     responses.post(COMPLETIONS, body=UPSTREAM_STREAM, content_type="text/event-stream")
-    client.post("/v1/generate/stream", json={"prompt": "the sky"}).data
+    assert client.post("/v1/generate/stream", json={"prompt": "the sky"}).data.endswith(b"data: [DONE]\n\n")
     [line] = generation_lines(log_lines())
     assert line["stream"] is True and line["outcome"] == "completed"
     assert 0 <= line["ttft_seconds"] <= line["duration_seconds"]

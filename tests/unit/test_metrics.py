@@ -14,13 +14,12 @@ from pathlib import Path
 import pytest
 import responses
 from flask import g
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Histogram
 from prometheus_client import multiprocess as prometheus_multiprocess
-from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from app import metrics, metrics_dir
-from app.instrument import OVERHEAD_HEADER
+from app.observe import metrics, metrics_dir
+from app.observe.instrument import OVERHEAD_HEADER
 from tests.conftest import UPSTREAM
 from tests.unit.test_stream_relay import UPSTREAM_STREAM
 
@@ -43,7 +42,7 @@ class Delta:
         self.before = [value(name, **labels) for name, labels in samples]
 
     def added(self) -> list[float]:
-        return [value(name, **labels) - b for (name, labels), b in zip(self.samples, self.before)]
+        return [value(name, **labels) - b for (name, labels), b in zip(self.samples, self.before, strict=True)]
 
 
 def requests_sample(route: str, status: str, method: str = "POST", key_name: str = "anonymous") -> tuple:
@@ -106,7 +105,7 @@ def test_stream_records_time_to_first_token_and_between_tokens(client):
                   ("sluice_time_between_tokens_seconds_count", labels),
                   ("sluice_completion_tokens_total", dict(model="sim-model", key_name="anonymous")))
     reply = client.post("/v1/generate/stream", json={"prompt": "the sky", "max_tokens": 3})
-    reply.data  # relay to the end
+    assert reply.data.endswith(b"data: [DONE]\n\n")  # relayed to the end
     # 4 upstream events (3 tokens, then usage): one first token, three gaps.
     assert delta.added() == [1, 3, 3]
     assert OVERHEAD_HEADER in reply.headers

@@ -12,8 +12,8 @@ from app.errors import InvalidRequest
 from app.upstream import CLIENT_KINDS, make_client
 from app.upstream.ollama import OllamaResponse
 from app.upstream.ollama_wire import CHAT, COMPLETIONS, Answer, ollama_request
+from bench.sse_client import events_of
 from tests.conftest import UPSTREAM
-from tests.sse_client import events_of
 
 RECORDED = Path(__file__).resolve().parents[1] / "fixtures" / "ollama"
 MODEL = "llama3.2:latest"
@@ -150,7 +150,8 @@ def test_error_line_mid_stream_ends_with_error_event(client):
 def test_unknown_model_is_404_with_ollamas_message(client):
     responses.post(UPSTREAM + "/api/chat", body=recorded("model_not_found.json"), status=404,
                    content_type="application/json; charset=utf-8")
-    reply = client.post("/v1/chat/completions", json={"model": "llama9", "messages": [{"role": "user", "content": "x"}]})
+    reply = client.post("/v1/chat/completions",
+                        json={"model": "llama9", "messages": [{"role": "user", "content": "x"}]})
     assert reply.status_code == 404
     assert reply.json["error"]["message"] == 'model "llama9" not found, try pulling it first'
 
@@ -180,8 +181,9 @@ def test_request_translation_of_images_history_and_formats():
         {"role": "user", "content": "What is this?", "images": ["iVBOR"]},
         {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "look", "arguments": {"zoom": 2}}}]},
         {"role": "tool", "content": "a cat"}]
-    assert ollama_request(COMPLETIONS, {"model": MODEL, "prompt": ["one"], "response_format": {"type": "json_object"}})[1] \
-        == {"model": MODEL, "stream": False, "prompt": "one", "raw": True, "format": "json"}
+    body = {"model": MODEL, "prompt": ["one"], "response_format": {"type": "json_object"}}
+    expected = {"model": MODEL, "stream": False, "prompt": "one", "raw": True, "format": "json"}
+    assert ollama_request(COMPLETIONS, body)[1] == expected
 
 
 @pytest.mark.parametrize("path, payload, param", [

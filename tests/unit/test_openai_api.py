@@ -8,8 +8,8 @@ import responses
 
 from app.config import ConfigError
 from app.upstream.models import parse_model_map
+from bench.sse_client import events_of
 from tests.conftest import UPSTREAM
-from tests.sse_client import events_of
 
 CHAT_URL, COMPLETIONS_URL = f"{UPSTREAM}/v1/chat/completions", f"{UPSTREAM}/v1/completions"
 USER = [{"role": "user", "content": "What is the capital of France?"}]

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from bench.simulator import SimConfig, Simulator
+from bench.simulator import SimConfig, SimulatorThread
 from tests.unit.test_errors import assert_error_shape
 
 BODY = {"prompt": "hello there", "max_tokens": 4}
@@ -17,8 +17,8 @@ def sims():
     """Start simulators on demand; stop them all after the test."""
     started = []
 
-    def start(**config) -> Simulator:
-        sim = Simulator(SimConfig(port=0, **config)).start()
+    def start(**config) -> SimulatorThread:
+        sim = SimulatorThread(SimConfig(port=0, **config)).start()
         started.append(sim)
         return sim
 
@@ -27,7 +27,7 @@ def sims():
         sim.stop()
 
 
-def client_for(make_app, *replicas: Simulator, **overrides):
+def client_for(make_app, *replicas: SimulatorThread, **overrides):
     settings = {"UPSTREAM_URL": ",".join(s.url for s in replicas), "ROUTING_STRATEGY": "round_robin", **overrides}
     return make_app(**settings).test_client()
 

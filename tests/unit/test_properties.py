@@ -43,7 +43,7 @@ def sse_streams(draw) -> tuple[bytes, list[bytes]]:
 def test_any_split_of_a_valid_stream_parses_to_the_same_events(stream_and_events, data):
     stream, expected = stream_and_events
     cuts = sorted(data.draw(st.sets(st.integers(0, len(stream)), max_size=12)))
-    pieces = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)])]
+    pieces = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
     parser = SSEParser()
     assert [event for piece in pieces for event in parser.feed(piece)] == expected
     assert not parser.has_pending

@@ -6,9 +6,9 @@ import logging
 import pytest
 import redis
 
+from app.access.shared_state import SharedState, connect, degraded
 from app.errors import Unavailable
-from app.shared_state import SharedState, connect, degraded
-from tests.servers import free_port
+from bench.processes import free_port
 
 
 @pytest.fixture
@@ -36,7 +36,7 @@ def test_fail_open_serves_the_fallback_warns_once_and_signals(dead_redis, degrad
         attempts.append(1)
         return dead_redis.get("x")
 
-    with caplog.at_level(logging.WARNING, logger="app.shared_state"):
+    with caplog.at_level(logging.WARNING, logger="app.access.shared_state"):
         assert [state.call("op", redis_call, lambda: "memory") for _ in range(3)] == ["memory"] * 3
     assert len(attempts) == 1, "a Redis that just failed is left alone for a moment"
     assert degraded_ops == ["op", "op", "op"]
@@ -61,7 +61,7 @@ def test_without_redis_configured_the_fallback_is_the_normal_path(degraded_ops):
 
 def test_recovery_is_noticed_and_logged(redis_server, redis_client, caplog, monkeypatch):
     state = SharedState(connect(redis_server.url, timeout=1), fail_open=True)
-    monkeypatch.setattr("app.shared_state.RECHECK_AFTER", 0.0)
+    monkeypatch.setattr("app.access.shared_state.RECHECK_AFTER", 0.0)
     failing = iter([True, False])
 
     def redis_call():
@@ -69,7 +69,7 @@ def test_recovery_is_noticed_and_logged(redis_server, redis_client, caplog, monk
             raise redis.ConnectionError("simulated")
         return redis_client.ping()
 
-    with caplog.at_level(logging.WARNING, logger="app.shared_state"):
+    with caplog.at_level(logging.WARNING, logger="app.access.shared_state"):
         assert state.call("op", redis_call, lambda: "memory") == "memory"
         assert state.call("op", redis_call, lambda: "memory") is True
     assert "reachable again" in caplog.records[-1].getMessage()

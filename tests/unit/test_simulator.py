@@ -11,28 +11,28 @@ from typing import Any
 import pytest
 import requests
 
-from bench.simulator import FAULTS, SimConfig, Simulator
+from bench.simulator import FAULTS, SimConfig, SimulatorThread
 
 TIMEOUT = 5
 
 
 @pytest.fixture(scope="module")
-def sim() -> Iterator[Simulator]:
+def sim() -> Iterator[SimulatorThread]:
     """One shared simulator for shape tests that do not look at counters."""
-    s = Simulator(SimConfig(port=0, models=("sim-model", "other-model"))).start()
+    s = SimulatorThread(SimConfig(port=0, models=("sim-model", "other-model"))).start()
     yield s
     s.stop()
 
 
 @pytest.fixture()
-def fresh() -> Iterator[Simulator]:
+def fresh() -> Iterator[SimulatorThread]:
     """A private simulator so counter assertions are not disturbed by other tests."""
-    s = Simulator(port=0).start()
+    s = SimulatorThread(port=0).start()
     yield s
     s.stop()
 
 
-def _post(sim: Simulator, path: str, body: dict[str, Any], **kw: Any) -> requests.Response:
+def _post(sim: SimulatorThread, path: str, body: dict[str, Any], **kw: Any) -> requests.Response:
     """POST JSON to the simulator."""
     return requests.post(sim.url + path, json=body, timeout=TIMEOUT, **kw)
 
@@ -42,7 +42,7 @@ def _events(resp: requests.Response) -> list[str]:
     return [line[6:] for line in resp.iter_lines(decode_unicode=True) if line.startswith("data: ")]
 
 
-def _raw(sim: Simulator, path: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> socket.socket:
+def _raw(sim: SimulatorThread, path: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> socket.socket:
     """Send a request on a raw socket, so the test controls exactly when the connection closes."""
     s = socket.create_connection(("127.0.0.1", sim.port), timeout=TIMEOUT)
     data = json.dumps(body).encode()
@@ -67,7 +67,7 @@ def _recv_until(s: socket.socket, needle: bytes) -> bytes:
 # ---------------------------------------------------------------------- shapes
 
 
-def test_health_and_models(sim: Simulator) -> None:
+def test_health_and_models(sim: SimulatorThread) -> None:
     r = requests.get(sim.url + "/health", timeout=TIMEOUT)
     assert r.status_code == 200 and r.content == b""
     models = requests.get(sim.url + "/v1/models", timeout=TIMEOUT).json()
@@ -78,7 +78,7 @@ def test_health_and_models(sim: Simulator) -> None:
                  "root": "sim-model", "parent": None, "max_model_len": 2048, "permission": []}
 
 
-def test_blocking_completion_shape(sim: Simulator) -> None:
+def test_blocking_completion_shape(sim: SimulatorThread) -> None:
     r = _post(sim, "/v1/completions", {"model": "sim-model", "prompt": "one two three", "max_tokens": 5})
     assert r.status_code == 200
     assert r.headers["content-type"] == "application/json"
@@ -92,17 +92,17 @@ def test_blocking_completion_shape(sim: Simulator) -> None:
 
 
 def test_default_max_tokens_and_cap() -> None:
-    with Simulator(port=0, max_tokens_cap=4) as s:
+    with SimulatorThread(port=0, max_tokens_cap=4) as s:
         assert _post(s, "/v1/completions", {"prompt": "x"}).json()["usage"]["completion_tokens"] == 4
         assert _post(s, "/v1/completions", {"prompt": "x", "max_tokens": 3}).json()["usage"]["completion_tokens"] == 3
-    with Simulator(port=0) as s:
+    with SimulatorThread(port=0) as s:
         assert _post(s, "/v1/completions", {"prompt": "x"}).json()["usage"]["completion_tokens"] == 16
         r = _post(s, "/v1/chat/completions", {"messages": [{"role": "user", "content": "a"}],
                                               "max_completion_tokens": 2})
         assert r.json()["usage"]["completion_tokens"] == 2
 
 
-def test_chat_shape(sim: Simulator) -> None:
+def test_chat_shape(sim: SimulatorThread) -> None:
     msgs = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there"}]
     body = _post(sim, "/v1/chat/completions", {"model": "other-model", "messages": msgs, "max_tokens": 3}).json()
     assert body["id"].startswith("chatcmpl-") and body["object"] == "chat.completion"
@@ -114,7 +114,7 @@ def test_chat_shape(sim: Simulator) -> None:
     assert body["usage"]["prompt_tokens"] == 4 and body["usage"]["completion_tokens"] == 3
 
 
-def test_stop_finish_reason(sim: Simulator) -> None:
+def test_stop_finish_reason(sim: SimulatorThread) -> None:
     body = _post(sim, "/v1/completions", {"prompt": "please STOPNOW", "stop": ["\n"], "max_tokens": 10}).json()
     assert body["choices"][0]["finish_reason"] == "stop"
     assert body["usage"]["completion_tokens"] == 2
@@ -123,7 +123,7 @@ def test_stop_finish_reason(sim: Simulator) -> None:
     assert body["choices"][0]["finish_reason"] == "length"
 
 
-def test_stream_chunks_and_done(sim: Simulator) -> None:
+def test_stream_chunks_and_done(sim: SimulatorThread) -> None:
     r = _post(sim, "/v1/completions", {"prompt": "a b", "max_tokens": 7, "stream": True}, stream=True)
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/event-stream")
@@ -140,7 +140,7 @@ def test_stream_chunks_and_done(sim: Simulator) -> None:
                                        "finish_reason": None, "stop_reason": None}
 
 
-def test_chat_stream_include_usage(sim: Simulator) -> None:
+def test_chat_stream_include_usage(sim: SimulatorThread) -> None:
     body = {"messages": [{"role": "user", "content": "x y z"}], "max_tokens": 3, "stream": True,
             "stream_options": {"include_usage": True}}
     events = _events(_post(sim, "/v1/chat/completions", body, stream=True))
@@ -156,12 +156,12 @@ def test_chat_stream_include_usage(sim: Simulator) -> None:
     assert len(chunks) == 5
 
 
-def test_stream_without_include_usage_has_no_usage_chunk(sim: Simulator) -> None:
+def test_stream_without_include_usage_has_no_usage_chunk(sim: SimulatorThread) -> None:
     events = _events(_post(sim, "/v1/completions", {"prompt": "x", "max_tokens": 2, "stream": True}, stream=True))
     assert len(events) == 3 and all("usage" not in e for e in events)
 
 
-def test_timing_is_honoured(sim: Simulator) -> None:
+def test_timing_is_honoured(sim: SimulatorThread) -> None:
     t0 = time.monotonic()
     r = _post(sim, "/v1/completions", {"prompt": "x", "max_tokens": 6, "stream": True}, stream=True,
               headers={"x-sim-ttft": "0.15", "x-sim-itl": "0.04"})
@@ -178,7 +178,7 @@ def test_timing_is_honoured(sim: Simulator) -> None:
     assert time.monotonic() - t0 >= 0.15  # ttft + 2 * itl = 0.2
 
 
-def test_request_id_echo(sim: Simulator) -> None:
+def test_request_id_echo(sim: SimulatorThread) -> None:
     r = _post(sim, "/v1/completions", {"prompt": "x", "max_tokens": 1}, headers={"X-Request-ID": "abc-123"})
     assert r.headers["x-request-id"] == "abc-123"
     assert r.json()["id"] == "cmpl-abc-123"
@@ -188,7 +188,7 @@ def test_request_id_echo(sim: Simulator) -> None:
     assert json.loads(_events(r)[0])["id"] == "chatcmpl-xyz"
 
 
-def test_error_shapes(sim: Simulator) -> None:
+def test_error_shapes(sim: SimulatorThread) -> None:
     r = requests.post(sim.url + "/v1/completions", data=b"{not json", timeout=TIMEOUT)
     assert r.status_code == 400
     err = r.json()["error"]
@@ -203,7 +203,7 @@ def test_error_shapes(sim: Simulator) -> None:
     assert r.status_code == 404 and r.json() == {"detail": "Not Found"}
 
 
-def test_keep_alive_pipelining_and_chunked_body(sim: Simulator) -> None:
+def test_keep_alive_pipelining_and_chunked_body(sim: SimulatorThread) -> None:
     body = json.dumps({"prompt": "x", "max_tokens": 2}).encode()
     one = (f"POST /v1/completions HTTP/1.1\r\nHost: s\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
     chunked = (b"POST /v1/completions HTTP/1.1\r\nHost: s\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -222,7 +222,7 @@ def test_keep_alive_pipelining_and_chunked_body(sim: Simulator) -> None:
 
 
 @pytest.mark.parametrize("status", [400, 429, 500, 503])
-def test_status_faults(sim: Simulator, status: int) -> None:
+def test_status_faults(sim: SimulatorThread, status: int) -> None:
     r = _post(sim, "/v1/completions", {"prompt": "x"}, headers={"x-sim-fault": f"status_{status}"})
     assert r.status_code == status
     err = r.json()["error"]
@@ -230,14 +230,14 @@ def test_status_faults(sim: Simulator, status: int) -> None:
 
 
 def test_server_wide_fault() -> None:
-    with Simulator(port=0, fault="status_503") as s:
+    with SimulatorThread(port=0, fault="status_503") as s:
         assert _post(s, "/v1/completions", {"prompt": "x"}).status_code == 503
         assert requests.get(s.url + "/health", timeout=TIMEOUT).status_code == 200
     with pytest.raises(ValueError):
         SimConfig(fault="bogus")
 
 
-def test_not_json_and_refuse(sim: Simulator) -> None:
+def test_not_json_and_refuse(sim: SimulatorThread) -> None:
     r = _post(sim, "/v1/completions", {"prompt": "x"}, headers={"x-sim-fault": "not_json"})
     assert r.status_code == 200 and r.text == "<html>oops</html>"
     assert r.headers["content-type"].startswith("text/html")
@@ -245,7 +245,7 @@ def test_not_json_and_refuse(sim: Simulator) -> None:
         _post(sim, "/v1/completions", {"prompt": "x"}, headers={"x-sim-fault": "refuse"})
 
 
-def test_stream_content_faults(sim: Simulator) -> None:
+def test_stream_content_faults(sim: SimulatorThread) -> None:
     body = {"prompt": "x", "max_tokens": 4, "stream": True}
     r = _post(sim, "/v1/completions", body, headers={"x-sim-fault": "error_event"}, stream=True)
     events = _events(r)
@@ -261,7 +261,7 @@ def test_stream_content_faults(sim: Simulator) -> None:
     assert "{not json" in events and events[-1] == "[DONE]"
 
 
-def test_cut_mid_chunk(sim: Simulator) -> None:
+def test_cut_mid_chunk(sim: SimulatorThread) -> None:
     s = _raw(sim, "/v1/completions", {"prompt": "x", "max_tokens": 5, "stream": True},
              {"x-sim-fault": "cut_mid_chunk"})
     data = b""
@@ -274,7 +274,7 @@ def test_cut_mid_chunk(sim: Simulator) -> None:
     assert b" tok2" in data and b"[DONE]" not in data and not data.endswith(b"\r\n\r\n")
 
 
-def test_pause_mid_stream_with_pause_header(sim: Simulator) -> None:
+def test_pause_mid_stream_with_pause_header(sim: SimulatorThread) -> None:
     t0 = time.monotonic()
     r = _post(sim, "/v1/completions", {"prompt": "x", "max_tokens": 4, "stream": True}, stream=True,
               headers={"x-sim-fault": "pause_mid_stream", "x-sim-pause": "0.3"})
@@ -283,19 +283,19 @@ def test_pause_mid_stream_with_pause_header(sim: Simulator) -> None:
     assert time.monotonic() - t0 >= 0.25
 
 
-def test_huge(sim: Simulator) -> None:
+def test_huge(sim: SimulatorThread) -> None:
     r = _post(sim, "/v1/completions", {"prompt": "x"}, headers={"x-sim-fault": "huge"})
     assert len(r.json()["choices"][0]["text"]) >= 20 * 1024 * 1024
 
 
-def test_hang_headers_then_client_gives_up(fresh: Simulator) -> None:
+def test_hang_headers_then_client_gives_up(fresh: SimulatorThread) -> None:
     with pytest.raises(requests.ReadTimeout):
         requests.post(fresh.url + "/v1/completions", json={"prompt": "x"}, headers={"x-sim-fault": "hang_headers"},
                       timeout=(1, 0.3))
     assert fresh.wait_for(lambda st: st.cancelled == 1, timeout=2)
 
 
-def test_unknown_fault_header_is_400(sim: Simulator) -> None:
+def test_unknown_fault_header_is_400(sim: SimulatorThread) -> None:
     assert _post(sim, "/v1/completions", {"prompt": "x"}, headers={"x-sim-fault": "nope"}).status_code == 400
     assert set(FAULTS) >= {"refuse", "huge", "status_503"}
 
@@ -303,7 +303,7 @@ def test_unknown_fault_header_is_400(sim: Simulator) -> None:
 # ---------------------------------------------------------------------- counters, cancellation, metrics
 
 
-def test_counters_and_reset_over_http(fresh: Simulator) -> None:
+def test_counters_and_reset_over_http(fresh: SimulatorThread) -> None:
     _post(fresh, "/v1/completions", {"prompt": "x", "max_tokens": 3})
     _events(_post(fresh, "/v1/completions", {"prompt": "x", "max_tokens": 2, "stream": True}, stream=True))
     _post(fresh, "/v1/completions", {"prompt": "x"}, headers={"x-sim-fault": "status_500"})
@@ -317,7 +317,7 @@ def test_counters_and_reset_over_http(fresh: Simulator) -> None:
     assert fresh.stats.completed == 0
 
 
-def test_cancel_mid_stream(fresh: Simulator) -> None:
+def test_cancel_mid_stream(fresh: SimulatorThread) -> None:
     s = _raw(fresh, "/v1/completions", {"prompt": "x", "max_tokens": 500, "stream": True}, {"x-sim-itl": "0.02"})
     _recv_until(s, b" tok3")
     assert fresh.stats.running == 1 and fresh.stats.active == 1
@@ -327,7 +327,7 @@ def test_cancel_mid_stream(fresh: Simulator) -> None:
     assert fresh.stats.running == 0 and fresh.stats.active == 0 and fresh.stats.completed == 0
 
 
-def test_cancel_during_ttft_is_prompt(fresh: Simulator) -> None:
+def test_cancel_during_ttft_is_prompt(fresh: SimulatorThread) -> None:
     s = _raw(fresh, "/v1/completions", {"prompt": "x", "max_tokens": 5}, {"x-sim-ttft": "10"})
     assert fresh.wait_for(lambda st: st.waiting == 1, timeout=1)
     assert fresh.stats.last_cancel_at == 0.0
@@ -341,7 +341,7 @@ def test_cancel_during_ttft_is_prompt(fresh: Simulator) -> None:
 
 
 def test_cancel_while_queued_and_metrics() -> None:
-    with Simulator(port=0, max_num_seqs=1) as s:
+    with SimulatorThread(port=0, max_num_seqs=1) as s:
         holder = _raw(s, "/v1/completions", {"prompt": "x", "max_tokens": 500, "stream": True}, {"x-sim-itl": "0.02"})
         _recv_until(holder, b" tok1")
         queued = _raw(s, "/v1/completions", {"prompt": "x", "max_tokens": 5})
@@ -367,7 +367,7 @@ def test_cancel_while_queued_and_metrics() -> None:
 
 
 def test_cancel_during_ttft_frees_the_slot() -> None:
-    with Simulator(port=0, max_num_seqs=1) as s:
+    with SimulatorThread(port=0, max_num_seqs=1) as s:
         for _ in range(2):
             sock = _raw(s, "/v1/completions", {"prompt": "x"}, {"x-sim-ttft": "10"})
             assert s.wait_for(lambda st: st.waiting == 1, timeout=1)
@@ -378,7 +378,7 @@ def test_cancel_during_ttft_frees_the_slot() -> None:
 
 
 def test_queue_limits_concurrency() -> None:
-    with Simulator(port=0, max_num_seqs=2, itl=0.02) as s:
+    with SimulatorThread(port=0, max_num_seqs=2, itl=0.02) as s:
         socks = [_raw(s, "/v1/completions", {"prompt": "x", "max_tokens": 10, "stream": True}) for _ in range(4)]
         assert s.wait_for(lambda st: st.running == 2 and st.waiting == 2, timeout=1)
         for sock in socks:

@@ -9,9 +9,9 @@ import responses
 
 from app.api.generate import NativeStreamTranslator
 from app.exchange import Exchange
-from app.streaming import relay
+from app.relay.streaming import relay
+from bench.sse_client import events_of as events
 from tests.conftest import UPSTREAM
-from tests.sse_client import events_of as events
 
 COMPLETIONS = f"{UPSTREAM}/v1/completions"
 
@@ -83,7 +83,8 @@ class PiecewiseResponse:
 
 
 def relay_all(response: PiecewiseResponse) -> list:
-    body = b"".join(relay(response, {}, NativeStreamTranslator(), Exchange("r", "/v1/generate/stream", "m", True, replica="up")))
+    exchange = Exchange("r", "/v1/generate/stream", "m", True, replica="up")
+    body = b"".join(relay(response, {}, NativeStreamTranslator(), exchange))
     assert response.closed, "the upstream response must be closed when the relay ends"
     return events(body)
 

@@ -11,15 +11,16 @@ import time
 from flask import Flask, Response, g, request, request_started
 
 from app import exchange as exchanges
-from app import metrics, shared_state
+from app.access import shared_state
+from app.exchange import REJECTED, UPSTREAM_ERROR, Exchange
+from app.observe import metrics
 from app.upstream import replicas
 from app.upstream.replicas import Replica
-from app.exchange import REJECTED, UPSTREAM_ERROR, Exchange
 
 OVERHEAD_HEADER = "X-Sluice-Overhead-Ms"
 # Statuses that are refusals even when the module that refused did not count them.
 _REJECTION_BY_STATUS = {401: "auth", 429: "rate"}
-# Admission's refusals (app/admission.py), by error code.
+# Admission's refusals (app/access/admission.py), by error code.
 _REJECTION_BY_CODE = {"token_limit_exceeded": "tokens", "concurrency_limit_exceeded": "concurrency",
                       "gateway_full": "overload", "gateway_busy": "overload"}
 # An upstream that passes on a client fault (unknown model, prompt too long) names a model it

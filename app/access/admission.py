@@ -11,19 +11,20 @@ from __future__ import annotations
 
 import math
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from flask import Flask, Response, current_app, g, request
 from gevent.lock import BoundedSemaphore
 
-from app import metrics
-from app.auth import client_identity, key_limit
-from app.counters import Counters, MemoryCounters, RedisCounters
-from app.disconnect import cancel_on_disconnect
+from app.access.auth import client_identity, key_limit
+from app.access.counters import Counters, MemoryCounters, RedisCounters
+from app.access.shared_state import SharedState, get_shared_state
 from app.errors import RateLimited, Unavailable
 from app.exchange import Exchange, finished
-from app.shared_state import SharedState, get_shared_state
+from app.observe import metrics
+from app.relay.disconnect import cancel_on_disconnect
 
 EXTENSION = "sluice.admission"
 T = TypeVar("T")

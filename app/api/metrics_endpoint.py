@@ -5,11 +5,11 @@ import hmac
 import os
 
 from flask import Response, current_app, request
-from app.api.smorest import Blueprint
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from app.api.smorest import Blueprint
 from app.errors import Unauthorized
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"

@@ -7,13 +7,14 @@ out of the upstream read and closes the upstream connection, so vLLM aborts at o
 
 The same guarded throw (`interruptible`) serves the WebSocket's cancel message, and lets a
 stopping worker end every request still waiting on the upstream (`interrupt_all`, used by
-app/shutdown.py).
+app/relay/shutdown.py).
 """
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import gevent
 from gevent import get_hub, getcurrent

@@ -1,7 +1,7 @@
 """What a gunicorn worker holds, seen from outside: open file descriptors, sockets, memory, greenlets.
 
 File descriptors and memory come from /proc; greenlets from the worker itself, through the
-test-only probe in tests/gunicorn_probe.conf.py (a signal, answered in a file).
+test-only probe in bench/gunicorn_probe.conf.py (a signal, answered in a file).
 """
 from __future__ import annotations
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 import redis
 
 from app import config
-from app.keys import LIMIT_FIELDS, KeyRing, KeyStoreError
-from app.shared_state import connect
+from app.access.keys import LIMIT_FIELDS, KeyRing, KeyStoreError
+from app.access.shared_state import connect
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -59,7 +59,7 @@ def list_keys(args: argparse.Namespace) -> int:
             rows.append((record.name, kind, *limits, "revoked" if record.revoked else "active", record.created))
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         for row in rows:
-            print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+            print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
         return 0
     return _with_ring(show)
 

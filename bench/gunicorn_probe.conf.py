@@ -1,6 +1,6 @@
 """gunicorn.conf.py plus a probe for tests: on SIGUSR2 a worker writes how many greenlets it holds.
 
-Only tests/servers.py uses it (`Gateway(..., probe_dir=...)`), so the product has no
+Only bench/processes.py uses it (`Gateway(..., probe_dir=...)`), so the product has no
 debug endpoint or hook: a test sends the signal and reads `<probe_dir>/<worker pid>`.
 """
 import os

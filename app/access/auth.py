@@ -11,9 +11,9 @@ import logging
 from flask import Flask, current_app, g, request
 
 from app import config
+from app.access.keys import KeyRecord, KeyRing, KeyStoreError, hash_key
+from app.access.shared_state import SharedState, get_shared_state, unavailable
 from app.errors import Unauthorized, Unavailable
-from app.keys import KeyRecord, KeyRing, KeyStoreError, hash_key
-from app.shared_state import SharedState, get_shared_state, unavailable
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import gevent
 
-from app.disconnect import interrupt_all
 from app.errors import Unavailable
+from app.relay.disconnect import interrupt_all
 
 log = logging.getLogger(__name__)
 

@@ -14,11 +14,12 @@ import os
 import re
 import secrets
 import tempfile
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import redis
 
@@ -82,7 +83,7 @@ def new_record(name: str, key: str, *, rpm: int | None = None, tpm: int | None =
     if not NAME_PATTERN.fullmatch(name):
         raise KeyStoreError(f"invalid key name {name!r}: 1 to 64 letters, digits, '.', '_' or '-', "
                             "starting with a letter or digit")
-    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    created = datetime.now(UTC).isoformat(timespec="seconds")
     return KeyRecord(name=name, sha256=hash_key(key), rpm=rpm, tpm=tpm, max_concurrent=max_concurrent,
                      created=created)
 

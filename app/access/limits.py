@@ -2,23 +2,24 @@
 
 The counts live in Redis when it is configured, so a limit is exact across workers and
 hosts. They reach Redis through `SharedStorage`, which puts them under the gateway's one
-outage policy (app/shared_state.py) instead of flask-limiter's own fallback. Without
+outage policy (app/access/shared_state.py) instead of flask-limiter's own fallback. Without
 Redis they are counted per worker process, and the gateway says so loudly at start.
 """
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from functools import partial
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from flask import Flask, Response, g
 from flask_limiter import Limiter, RateLimitExceeded
 from limits.storage import MemoryStorage, RedisStorage, Storage
 
-from app.auth import client_identity, is_open_path, key_limit
+from app.access.auth import client_identity, is_open_path, key_limit
+from app.access.shared_state import SharedState, get_shared_state
 from app.errors import ApiError, RateLimited, error_response
-from app.shared_state import SharedState, get_shared_state
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -8,15 +8,15 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import Flask
 
 from app import exchange as exchanges
 from app.exchange import Exchange
-from app.metrics import key_label
-from app.request_id import current_request_id
+from app.observe.metrics import key_label
+from app.observe.request_id import current_request_id
 
 generation_log = logging.getLogger("app.generations")
 
@@ -26,7 +26,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
             "pid": record.process,

@@ -13,8 +13,8 @@ import flask_smorest
 from flask import Flask, Response, send_from_directory
 from swagger_ui_bundle import swagger_ui_path
 
+from app.access.auth import OPEN_PATHS
 from app.api.smorest import Blueprint
-from app.auth import OPEN_PATHS
 from app.config import authentication_required
 from app.schemas import ApiErrorSchema, ConfiguredMaximum, StreamEventSchema
 

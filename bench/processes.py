@@ -7,8 +7,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import redis
 import requests
@@ -116,8 +116,8 @@ class Gateway(Service):
         self.url = f"http://127.0.0.1:{self.port}"
         env = {"SLUICE_BIND": f"127.0.0.1:{self.port}", "SLUICE_WORKERS": "1", **settings}
         config = "gunicorn.conf.py"
-        if probe_dir is not None:  # the same settings plus a greenlet probe (tests/worker_probe.py)
-            config, env["GATEWAY_PROBE_DIR"] = "tests/gunicorn_probe.conf.py", str(probe_dir)
+        if probe_dir is not None:  # the same settings plus a greenlet probe (bench/worker_probe.py)
+            config, env["GATEWAY_PROBE_DIR"] = "bench/gunicorn_probe.conf.py", str(probe_dir)
         self.probe_dir = probe_dir
         super().__init__("gateway", [str(BIN / "gunicorn"), "-c", config], env=env, log=log)
         wait_until(lambda: requests.get(self.url + "/healthz", timeout=1).ok, timeout, "gateway", self.proc)

@@ -4,12 +4,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from app.engine import children
-from app.engine.health import port_is_free, wait_until_answers
 from app.engine.layout import PROJECT_ROOT
+from app.engine.net_probes import port_is_free, wait_until_answers
 from app.engine.report import EngineError
 
 LISTEN_TIMEOUT = 60.0

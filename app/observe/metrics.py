@@ -10,8 +10,8 @@ operator's key names (never keys), models only those the upstream accepted.
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Iterable, Iterator
 
 from flask import g, has_request_context, request
 from prometheus_client import Counter, Gauge, Histogram
@@ -123,7 +123,7 @@ def observe_all(histogram: Histogram, values: Iterable[float]) -> None:
     for value in values:
         counts[bisect_left(bounds, value)] += 1  # first bucket whose bound is >= value, as observe()
         total += value
-    for bucket, count in zip(histogram._buckets, counts):  # noqa: SLF001
+    for bucket, count in zip(histogram._buckets, counts, strict=True):  # noqa: SLF001
         if count:
             bucket.inc(count)
     histogram._sum.inc(total)  # noqa: SLF001

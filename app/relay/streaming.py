@@ -8,14 +8,15 @@ a stream never just stops. A client that leaves ends the relay and closes the up
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Iterator, Protocol
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
 
 import requests
 from flask import Response
 
-from app.disconnect import ClientCancelled, cancel_on_disconnect
 from app.errors import ApiError, UpstreamBadResponse
 from app.exchange import CLIENT_CANCELLED, CLIENT_CLOSED_STATUS, COMPLETED, Exchange, failures_recorded
+from app.relay.disconnect import ClientCancelled, cancel_on_disconnect
 from app.upstream import errors as upstream_errors
 from app.upstream.sse import SSEParser
 

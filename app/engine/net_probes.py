@@ -4,7 +4,7 @@ from __future__ import annotations
 import socket
 import time
 import urllib.request
-from typing import Callable
+from collections.abc import Callable
 
 from app.engine.report import EngineError, Waiting
 
