@@ -18,6 +18,7 @@ from app.errors import ApiError, UpstreamBadResponse
 from app.exchange import CLIENT_CANCELLED, CLIENT_CLOSED_STATUS, COMPLETED, Exchange, failures_recorded
 from app.relay.disconnect import ClientCancelled, cancel_on_disconnect
 from app.upstream import errors as upstream_errors
+from app.upstream.http import TRANSPORT_ERRORS
 from app.upstream.sse import SSEParser
 
 DONE = b"data: [DONE]\n\n"
@@ -28,7 +29,7 @@ EventTransform = Callable[[bytes], "bytes | None"]
 
 
 class UpstreamBody(Protocol):
-    """What the relay reads: a requests.Response, or the pool's Lease standing for one."""
+    """What the relay reads: an upstream response (app/upstream/http.py), or the pool's Lease standing for one."""
 
     def iter_content(self, chunk_size: int | None = None) -> Iterator[bytes]: ...
 
@@ -83,7 +84,7 @@ def upstream_events(response: UpstreamBody, exchange: Exchange) -> Iterator[byte
                 if exchange.saw_event(data):
                     exchange.record_usage(_usage_of(data))
                 yield data
-    except requests.RequestException as exc:
+    except (requests.RequestException, *TRANSPORT_ERRORS) as exc:
         raise upstream_errors.from_exception(exc, exchange.replica or "upstream") from None
     raise UpstreamBadResponse(f"upstream {exchange.replica or 'upstream'} ended the stream without [DONE]",
                               code="upstream_truncated")
