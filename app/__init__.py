@@ -32,11 +32,12 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     from app.api import generate, health, metrics_endpoint, openai, ws
     from app.api.docs import Api
     from app.observe import instrument, logs, request_id
-    from app.relay import client_body, proxies
+    from app.relay import after_send, client_body, proxies
 
     logs.init_app(app)
     request_id.init_app(app)
     client_body.init_app(app)
+    after_send.init_app(app)
     instrument.init_app(app)
     shared_state.init_app(app)  # Redis, if configured, and its outage policy: before its users below
     auth.init_app(app)  # before limits: they count per key

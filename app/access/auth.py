@@ -7,6 +7,7 @@ sure the gateway then listens on loopback only (or was explicitly told otherwise
 from __future__ import annotations
 
 import logging
+import time
 
 from flask import Flask, current_app, g, request
 
@@ -23,6 +24,10 @@ OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/do
 # Query parameters clients put keys in. Refused: URLs end up in access logs and browser history.
 KEY_PARAMS = frozenset({"api_key", "apikey", "api-key", "key", "token", "access_token"})
 _CHALLENGE = 'Bearer realm="sluice"'
+# A key record read from Redis serves this worker's requests for this long before it is read
+# again: a revocation (or a change of limits) takes effect on every worker and host within it.
+KEY_CACHE_SECONDS = 0.5
+KEY_CACHE_SIZE = 10_000  # records kept at most; found keys only (random keys cannot fill it)
 
 
 def is_open_path() -> bool:
@@ -72,6 +77,8 @@ class Authenticator:
         # Records this worker last read from Redis: used only while Redis is down and the
         # policy is to fail open, so known keys keep working. Holds valid keys only.
         self._last_known: dict[str, KeyRecord] = {}
+        # Records read from Redis in the last KEY_CACHE_SECONDS: key hash -> (record, read at).
+        self._fresh: dict[str, tuple[KeyRecord, float]] = {}
 
     def authenticate(self, header: str | None) -> KeyRecord:
         """The record of the key in `header`; 401 when there is no valid, unrevoked key."""
@@ -85,16 +92,32 @@ class Authenticator:
         try:
             record = self.ring.file.lookup(key_hash) if self.ring.file else None
             if record is None and self.ring.redis is not None:
-                record = self.state.call("keys.lookup", lambda: self._read_redis(key_hash),
-                                         lambda: self._recall(key_hash))
+                record = self._cached(key_hash) or self.state.call(
+                    "keys.lookup", lambda: self._read_redis(key_hash), lambda: self._recall(key_hash))
         except KeyStoreError as exc:
             log.error("key store unusable: %s", exc)
             raise Unavailable("The gateway cannot read its API keys; retry shortly.",
                               code="key_store_unavailable", headers={"Retry-After": "5"}) from None
         return record
 
+    def _cached(self, key_hash: str) -> KeyRecord | None:
+        """The record read from Redis less than KEY_CACHE_SECONDS ago, if any."""
+        seen = self._fresh.get(key_hash)
+        if seen is None or time.monotonic() - seen[1] >= KEY_CACHE_SECONDS:
+            return None
+        return seen[0]
+
+    def _remember(self, key_hash: str, record: KeyRecord | None) -> None:
+        if record is None:
+            self._fresh.pop(key_hash, None)
+            return
+        if len(self._fresh) >= KEY_CACHE_SIZE:
+            self._fresh.clear()  # crude, but bounded; the next reads refill it
+        self._fresh[key_hash] = (record, time.monotonic())
+
     def _read_redis(self, key_hash: str) -> KeyRecord | None:
         record = self.ring.redis.lookup(key_hash)  # type: ignore[union-attr]
+        self._remember(key_hash, record)
         if record is not None and not record.revoked:
             self._last_known[key_hash] = record
         else:
