@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from flask import Flask, current_app, g, request
+from gevent.event import AsyncResult
 
 from app import config
 from app.access.keys import KeyRecord, KeyRing, KeyStoreError, hash_key
@@ -28,6 +30,7 @@ _CHALLENGE = 'Bearer realm="sluice"'
 # again: a revocation (or a change of limits) takes effect on every worker and host within it.
 KEY_CACHE_SECONDS = 0.5
 KEY_CACHE_SIZE = 10_000  # records kept at most; found keys only (random keys cannot fill it)
+_READ_FAILED: Any = object()  # what waiters on a read get when it raised
 
 
 def is_open_path() -> bool:
@@ -79,6 +82,8 @@ class Authenticator:
         self._last_known: dict[str, KeyRecord] = {}
         # Records read from Redis in the last KEY_CACHE_SECONDS: key hash -> (record, read at).
         self._fresh: dict[str, tuple[KeyRecord, float]] = {}
+        # Reads under way: the requests of a burst with the same key wait for one GET.
+        self._reading: dict[str, AsyncResult] = {}
 
     def authenticate(self, header: str | None) -> KeyRecord:
         """The record of the key in `header`; 401 when there is no valid, unrevoked key."""
@@ -92,8 +97,7 @@ class Authenticator:
         try:
             record = self.ring.file.lookup(key_hash) if self.ring.file else None
             if record is None and self.ring.redis is not None:
-                record = self._cached(key_hash) or self.state.call(
-                    "keys.lookup", lambda: self._read_redis(key_hash), lambda: self._recall(key_hash))
+                record = self._cached(key_hash) or self._read_once(key_hash)
         except KeyStoreError as exc:
             log.error("key store unusable: %s", exc)
             raise Unavailable("The gateway cannot read its API keys; retry shortly.",
@@ -106,6 +110,26 @@ class Authenticator:
         if seen is None or time.monotonic() - seen[1] >= KEY_CACHE_SECONDS:
             return None
         return seen[0]
+
+    def _read_once(self, key_hash: str) -> KeyRecord | None:
+        """Read the record from Redis, or wait for the read of it already under way in this worker."""
+        reading = self._reading.get(key_hash)
+        if reading is not None:
+            record: KeyRecord | None = reading.get()
+            if record is not _READ_FAILED:
+                return record
+            return self._lookup_redis(key_hash)  # that read failed or was abandoned: read for this request
+        self._reading[key_hash] = reading = AsyncResult()
+        record = _READ_FAILED
+        try:
+            record = self._lookup_redis(key_hash)
+            return record
+        finally:
+            del self._reading[key_hash]
+            reading.set(record)
+
+    def _lookup_redis(self, key_hash: str) -> KeyRecord | None:
+        return self.state.call("keys.lookup", lambda: self._read_redis(key_hash), lambda: self._recall(key_hash))
 
     def _remember(self, key_hash: str, record: KeyRecord | None) -> None:
         if record is None:

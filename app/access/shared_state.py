@@ -17,6 +17,7 @@ import redis
 from blinker import Namespace
 from flask import Flask, current_app
 from redis.backoff import NoBackoff
+from redis.driver_info import DriverInfo
 from redis.retry import Retry
 
 from app.errors import Unavailable, error_response
@@ -38,8 +39,10 @@ degraded = _signals.signal("sluice.redis-degraded")
 def connect(url: str, timeout: float) -> redis.Redis:
     """A pooled Redis client that gives up after `timeout` seconds and never retries by itself."""
     # redis-py 7 retries 3 times with backoff by default; the outage policy needs a prompt answer.
+    # The driver's version, given once: else every new pooled connection looks it up in the
+    # installed packages' metadata (a burst of 500 requests opens 500 connections).
     return redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout,
-                                retry=Retry(NoBackoff(), 0))
+                                retry=Retry(NoBackoff(), 0), driver_info=DriverInfo(lib_version=redis.__version__))
 
 
 class SharedState:
