@@ -1,7 +1,11 @@
-"""Relay an upstream SSE response to the client, event by event, as the upstream produces it.
+"""Relay an upstream SSE response to the client, as the upstream produces it.
 
-`upstream_events` is the one reader of a streaming upstream response (SSE parsing, usage
+`upstream_batches` is the one reader of a streaming upstream response (SSE parsing, usage
 accounting, transport failures); the SSE relay here and the WebSocket both consume it.
+What one read of the upstream socket brought is written to the client in one piece: when
+the worker falls behind, events that arrived together leave together, one write instead
+of one per event (event boundaries kept), which is what keeps the cost per token down
+under load.
 Whatever goes wrong after the first byte is sent as an error event followed by [DONE]:
 a stream never just stops. A client that leaves ends the relay and closes the upstream.
 """
@@ -57,11 +61,13 @@ def relay(response: UpstreamBody, environ: dict[str, Any], transform: EventTrans
     """Yield the client's SSE bytes for each upstream event; the upstream is closed when done."""
     try:
         with failures_recorded(exchange), cancel_on_disconnect(environ) as guard:
-            for data in upstream_events(response, exchange):
-                out = transform(data)
+            for batch in upstream_batches(response, exchange):
+                out, error = _transformed(batch, transform)
                 if out:
                     with guard.writing_to_client():
                         yield out
+                if error is not None:
+                    raise error
         exchange.finish(COMPLETED)
         yield DONE
     except ApiError as exc:
@@ -72,18 +78,44 @@ def relay(response: UpstreamBody, environ: dict[str, Any], transform: EventTrans
         response.close()
 
 
+def _transformed(batch: list[bytes], transform: EventTransform) -> tuple[bytes, ApiError | None]:
+    """The client's bytes for a batch of events, and the error an event turned out to be (after the
+    events before it, which the client still gets)."""
+    pieces = []
+    for data in batch:
+        try:
+            out = transform(data)
+        except ApiError as exc:
+            return b"".join(pieces), exc
+        if out:
+            pieces.append(out)
+    return b"".join(pieces), None
+
+
 def upstream_events(response: UpstreamBody, exchange: Exchange) -> Iterator[bytes]:
     """The data of each upstream SSE event up to [DONE], noted on `exchange`; failures as ApiError."""
+    for batch in upstream_batches(response, exchange):
+        yield from batch
+
+
+def upstream_batches(response: UpstreamBody, exchange: Exchange) -> Iterator[list[bytes]]:
+    """The data of the upstream SSE events up to [DONE], those of one read together, noted on
+    `exchange`; failures as ApiError."""
     parser = SSEParser()
     try:
-        # chunk_size=None: each HTTP chunk as soon as it arrives, no read-ahead buffering.
+        # Each piece is what the upstream socket held (app/upstream/http.py): no waiting for more.
         for chunk in response.iter_content(chunk_size=None):
-            for data in parser.feed(chunk):
-                if data == b"[DONE]":
-                    return
+            events = parser.feed(chunk)
+            done = b"[DONE]" in events
+            if done:
+                events = events[:events.index(b"[DONE]")]
+            for data in events:
                 if exchange.saw_event(data):
                     exchange.record_usage(_usage_of(data))
-                yield data
+            if events:
+                yield events
+            if done:
+                return
     except (requests.RequestException, *TRANSPORT_ERRORS) as exc:
         raise upstream_errors.from_exception(exc, exchange.replica or "upstream") from None
     raise UpstreamBadResponse(f"upstream {exchange.replica or 'upstream'} ended the stream without [DONE]",
