@@ -20,6 +20,7 @@ from gevent.lock import BoundedSemaphore
 
 from app.access.auth import client_identity, key_limit
 from app.access.counters import Counters, MemoryCounters, RedisCounters, Slot, Tokens
+from app.access.releases import BatchedReleases
 from app.access.shared_state import SharedState, get_shared_state
 from app.errors import RateLimited, Unavailable
 from app.exchange import Exchange, finished
@@ -114,7 +115,7 @@ class Admission:
             Tokens(admitter.bucket("tokens", self.identity), delta)
 
         def give_back() -> None:
-            admitter.give_back(backend, "admission.release", lambda c: c.release(slots, tokens))
+            admitter.release(backend, slots, tokens)
         # A blocking answer's client need not wait for this round trip: after the response is
         # sent. (A stream's relay ends after its last byte anyway; a WebSocket runs several
         # generations in one request, each of which must give its slot back at its end.)
@@ -144,6 +145,7 @@ class Admitter:
         self.slot_ttl = slot_ttl
         self.memory = MemoryCounters()
         self.redis = RedisCounters(state.client) if state.client is not None else None
+        self.releases = BatchedReleases(self.redis, state) if self.redis is not None else None
 
     @staticmethod
     def bucket(kind: str, identity: str) -> str:
@@ -194,6 +196,13 @@ class Admitter:
             return in_memory()
         redis_counters = self.redis
         return self.state.call(operation, lambda: (redis_counters, use(redis_counters)), in_memory)
+
+    def release(self, backend: Counters, slots: Slot, tokens: Tokens) -> None:
+        """Give back a slot and settle tokens on the backend that held them (Redis: batched, never raises)."""
+        if backend is self.memory or self.releases is None:
+            backend.release(slots, tokens)
+        else:
+            self.releases.add(slots, tokens)
 
     def give_back(self, backend: Counters, operation: str, use: Callable[[Counters], object]) -> None:
         """Release on the backend that took the hold; never raises (what is lost expires)."""

@@ -162,6 +162,19 @@ class RedisCounters:
     def release(self, slots: Slot, tokens: Tokens) -> None:
         self._release(keys=[slots.bucket, tokens.bucket], args=[slots.slot, tokens.amount])
 
+    def release_many(self, batch: list[tuple[Slot, Tokens]]) -> None:
+        """Several releases in one round trip (a pipeline of the release script)."""
+        if len(batch) == 1:
+            self.release(*batch[0])
+            return
+        pipe = self._client.pipeline(transaction=False)
+        for slots, tokens in batch:
+            pipe.evalsha(self._release.sha, 2, slots.bucket, tokens.bucket, slots.slot, tokens.amount)
+        results = pipe.execute(raise_on_error=False)
+        if any(isinstance(result, redis.exceptions.NoScriptError) for result in results):
+            for slots, tokens in batch:  # Redis lost its scripts (a restart): these calls load it again
+                self.release(slots, tokens)
+
 
 class MemoryCounters:
     """Counters in this process: without Redis, or while it is down and the policy is to fail open."""
