@@ -96,7 +96,10 @@ def _with_ring(action: Callable[[KeyRing], int]) -> int:
 
 
 def _weight(raw: str) -> int:
-    value = _limit(raw)
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
     if not 1 <= value <= MAX_WEIGHT:
         raise argparse.ArgumentTypeError(f"expected a whole number from 1 to {MAX_WEIGHT}, got {raw!r}")
     return value
