@@ -23,6 +23,7 @@ import asyncio
 import json
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -180,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "fairness.json").write_text(json.dumps(
-        {"command": "python -m bench.fairness " + " ".join(argv or []), "commit": commit.strip(),
+        {"command": " ".join(["python -m bench.fairness", *(sys.argv[1:] if argv is None else argv)]),
+         "commit": commit.strip(),
          "service_s": args.service, "capacity": CAPACITY, "workers": 2, "summary": summ, "per_key": results},
         indent=1) + "\n")
     plot(raw, args.out / "fairness.png")
