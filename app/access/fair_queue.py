@@ -27,6 +27,7 @@ import redis
 SLOT_LEASE = 6.0  # seconds a slot or a waiting ticket outlives its last renewal
 RENEW_EVERY = 2.0  # seconds between a worker's renewals of the slots it holds
 WAKE_INTERVAL = 1.0  # seconds a waiter blocks before it polls again
+MIN_WAIT = 0.01  # seconds: the shortest block asked of Redis
 GRANTED, WAITING, FULL, UNKNOWN = 1, 0, -1, -2  # what enqueue and poll answer (UNKNOWN: poll only)
 CLASSES = ("high", "normal", "low")  # strict order
 
@@ -190,7 +191,8 @@ class RedisFairQueue:
 
     def wait(self, pool: str, ticket: str, timeout: float) -> None:
         """Block until the ticket may have been granted, or `timeout` seconds."""
-        self._blocking.blpop([f"{prefix(pool)}:wake:{ticket}"], timeout=timeout)
+        # Redis counts BLPOP's timeout in whole milliseconds, and 0 blocks for ever.
+        self._blocking.blpop([f"{prefix(pool)}:wake:{ticket}"], timeout=max(timeout, MIN_WAIT))
 
     def leave(self, pool: str, ticket: str, capacity: int) -> None:
         """Give back the ticket's slot, or take it out of the queue; the next ticket may be granted."""
