@@ -18,7 +18,7 @@ import math
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -44,19 +44,32 @@ Queue = RedisFairQueue | MemoryFairQueue
 
 
 @dataclass
+class Ticket:
+    """One generation's place: its set of replicas, its key's share, and the queue that holds it."""
+
+    pool: str
+    capacity: int
+    cls: str
+    key: str
+    weight: int
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    queue: Queue | None = None  # Redis's, or this process's (no Redis, or an outage while failing open)
+
+    def enqueue(self, queue: Queue, limit: int) -> int:
+        return queue.enqueue(self.pool, self.id, self.cls, self.key, self.weight, self.capacity, limit)
+
+
+@dataclass
 class Turn:
     """A slot of one set of replicas' capacity, held by one generation."""
 
     slots: ReplicaSlots
-    queue: Queue
-    pool: str
-    ticket: str
-    capacity: int
+    ticket: Ticket
 
     def release(self) -> None:
         """Give the slot back (once); the next waiting request may be granted it."""
-        if self.slots.held.pop(self.ticket, None) is not None:
-            self.slots.give_back(self.queue, lambda q: q.leave(self.pool, self.ticket, self.capacity))
+        if self.slots.held.pop(self.ticket.id, None) is not None:
+            self.slots.leave(self.ticket)
 
 
 class ReplicaSlots:
@@ -67,7 +80,7 @@ class ReplicaSlots:
         self.state, self.redis, self.memory = state, redis_queue, memory
         self.capacities = capacities  # replica url -> its capacity (0: no bound)
         self.timeout, self.limit, self.fair = timeout, limit, fair
-        self.held: dict[str, Turn] = {}  # ticket -> turn, for the lease renewals
+        self.held: dict[str, Turn] = {}  # ticket id -> turn, for the lease renewals
         self._renewer: gevent.Greenlet | None = None
 
     def capacity_for(self, model: str) -> tuple[str, int]:
@@ -80,12 +93,10 @@ class ReplicaSlots:
         names = "\n".join(sorted(r.url for r in replicas))  # the same pool for every model they share
         return hashlib.blake2b(names.encode(), digest_size=6).hexdigest(), sum(capacities)
 
-    def take(self, pool: str, capacity: int, *, key: str, cls: str, weight: int, key_name: str | None,
-             environ: dict[str, Any]) -> Turn:
+    def take(self, ticket: Ticket, *, key_name: str | None, environ: dict[str, Any]) -> Turn:
         """A slot now, or after waiting in fair order; 503 when the queue is full or the wait too long."""
-        ticket, began = uuid.uuid4().hex, time.monotonic()
-        queue, answer = self._on_queue(lambda q: q.enqueue(pool, ticket, cls, key, weight, capacity, self.limit))
-        where = [queue]  # the queue holding the ticket: the Redis one, or this process's after an outage
+        began = time.monotonic()
+        answer = self._enqueue(ticket, self.limit)
         outcome = "admitted"
         try:
             if answer == FULL:
@@ -93,63 +104,65 @@ class ReplicaSlots:
                 raise Unavailable(f"{self.limit} requests already wait for this model's replicas; retry shortly.",
                                   code="queue_full", headers={"Retry-After": self._retry_after()})
             if answer != GRANTED:
-                with cancel_on_disconnect(environ), metrics.queued(key_name, cls):
-                    self._wait(where, pool, ticket, capacity, began, (cls, key, weight))
+                with cancel_on_disconnect(environ), metrics.queued(key_name, ticket.cls):
+                    self._wait(ticket, deadline=began + self.timeout)
         except BaseException as exc:
             if outcome != "full":  # still queued, or granted meanwhile: give it back either way
                 outcome = "timeout" if getattr(exc, "code", None) == "queue_timeout" else "left"
-                self.give_back(where[0], lambda q: q.leave(pool, ticket, capacity))
+                self.leave(ticket)
             raise
         finally:
-            metrics.QUEUE_WAIT.labels(cls, outcome).observe(time.monotonic() - began)
+            metrics.QUEUE_WAIT.labels(ticket.cls, outcome).observe(time.monotonic() - began)
         metrics.QUEUE_ADMITTED.labels(metrics.key_label(key_name)).inc()
-        turn = self.held[ticket] = Turn(self, where[0], pool, ticket, capacity)
+        turn = self.held[ticket.id] = Turn(self, ticket)
         self._keep_renewing()
         return turn
 
-    def _wait(self, where: list[Queue], pool: str, ticket: str, capacity: int, began: float,
-              owner: tuple[str, str, int]) -> None:
-        """Block until the ticket is granted by the queue in where[0]; 503 at the timeout."""
-        cls, key, weight = owner
+    def _wait(self, ticket: Ticket, deadline: float) -> None:
+        """Block until the ticket is granted; 503 at the deadline."""
         while True:
-            remaining = began + self.timeout - time.monotonic()
+            remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise Unavailable(f"No replica capacity freed within {self.timeout:g} s; retry shortly.",
                                   code="queue_timeout", headers={"Retry-After": self._retry_after()})
             wait_for = min(remaining, WAKE_INTERVAL)
-            self._on(where[0], lambda q, s=wait_for: q.wait(pool, ticket, s), None)  # type: ignore[misc]
-            answer = self._on(where[0], lambda q: q.poll(pool, ticket, capacity), UNKNOWN)
+            self._on(ticket, lambda q: q.wait(ticket.pool, ticket.id, wait_for), None)  # noqa: B023 - called at once
+            answer = self._on(ticket, lambda q: q.poll(ticket.pool, ticket.id, ticket.capacity), UNKNOWN)
             if answer == UNKNOWN:  # its lease ran out (a long Redis outage), or Redis is gone: queue anew
-                where[0], answer = self._on_queue(lambda q: q.enqueue(pool, ticket, cls, key, weight, capacity,
-                                                                      1 << 30))
+                answer = self._enqueue(ticket, limit=1 << 30)
             if answer == GRANTED:
                 return
 
-    def _on_queue(self, use: Callable[[Queue], int]) -> tuple[Queue, int]:
-        """use(the Redis queue), or this process's when Redis is absent or down and failing open."""
+    def _enqueue(self, ticket: Ticket, limit: int) -> int:
+        """Queue the ticket in Redis, or in this process when Redis is absent or down and failing open."""
+        def in_memory() -> int:
+            ticket.queue = self.memory
+            return ticket.enqueue(self.memory, limit)
         if self.redis is None:
-            return self.memory, use(self.memory)
-        redis_queue: Queue = self.redis
+            return in_memory()
+        redis_queue = self.redis
 
-        def in_redis() -> tuple[Queue, int]:
-            return redis_queue, use(redis_queue)
-
-        def in_memory() -> tuple[Queue, int]:
-            return self.memory, use(self.memory)
+        def in_redis() -> int:
+            answer = ticket.enqueue(redis_queue, limit)
+            ticket.queue = redis_queue
+            return answer
         return self.state.call("queue", in_redis, in_memory)
 
-    def _on(self, queue: Queue, use: Callable[[Queue], Any], failed: Any) -> Any:
-        """use(queue); `failed` when it is Redis and Redis does not answer (503 when failing closed)."""
+    def _on(self, ticket: Ticket, use: Callable[[Queue], Any], failed: Any) -> Any:
+        """use(the ticket's queue); `failed` when that is Redis and Redis does not answer (503 when failing closed)."""
+        queue = ticket.queue
+        assert queue is not None, "enqueued first"
         if queue is self.memory:
             return use(queue)
         return self.state.call("queue", lambda: use(queue), lambda: failed)
 
-    def give_back(self, queue: Queue, use: Callable[[Queue], object]) -> None:
-        """Release on the queue that granted; never raises (a lost release expires with its lease)."""
+    def leave(self, ticket: Ticket) -> None:
+        """Give back the ticket's slot or place in the queue; never raises (a lost release expires with its lease)."""
+        queue = ticket.queue
         if queue is self.memory:
-            use(queue)
-        else:
-            self.state.best_effort("queue.leave", lambda: use(queue))
+            queue.leave(ticket.pool, ticket.id, ticket.capacity)
+        elif queue is not None:
+            self.state.best_effort("queue.leave", lambda: queue.leave(ticket.pool, ticket.id, ticket.capacity))
 
     def _retry_after(self) -> str:
         return str(max(1, math.ceil(min(self.timeout, 30))))
@@ -164,8 +177,8 @@ class ReplicaSlots:
             gevent.sleep(RENEW_EVERY)
             by_pool: dict[str, list[str]] = {}
             for turn in list(self.held.values()):
-                if turn.queue is self.redis:
-                    by_pool.setdefault(turn.pool, []).append(turn.ticket)
+                if turn.ticket.queue is self.redis:
+                    by_pool.setdefault(turn.ticket.pool, []).append(turn.ticket.id)
             for pool, tickets in by_pool.items():
                 self.state.best_effort("queue.renew", partial(self._renew, pool, tickets))
 
@@ -185,11 +198,11 @@ def wait_turn(exchange: Exchange, payload: dict[str, Any]) -> None:
     pool, capacity = slots.capacity_for(payload["model"])
     if not capacity:
         return
-    key = client_identity()
-    if not slots.fair:  # one line, whoever asks
-        cls, key, weight = "normal", "*", 1
-    exchange.turn = slots.take(pool, capacity, key=key, cls=cls, weight=weight, key_name=g.get("key_name"),
-                               environ=request.environ)
+    if slots.fair:
+        ticket = Ticket(pool, capacity, cls, client_identity(), weight)
+    else:  # FIFO: one line, whoever asks
+        ticket = Ticket(pool, capacity, "normal", "*", 1)
+    exchange.turn = slots.take(ticket, key_name=g.get("key_name"), environ=request.environ)
 
 
 @finished.connect
@@ -214,9 +227,10 @@ def init_app(app: Flask) -> None:
         blocking = connect(config["REDIS_URL"], config["REDIS_TIMEOUT"] + WAKE_INTERVAL)
         redis_queue = RedisFairQueue(state.client, blocking)
     else:
-        shares = ", ".join(f"{url}: {max(1, c // workers)} of {c}" for url, c in capacities.items() if c)
-        log.warning("replica capacity without Redis: each of the %d workers runs its own share (%s) and keeps "
-                    "its own queue; set SLUICE_REDIS_URL for one count and one fair order", workers, shares)
+        listed = ", ".join(f"{url}: {c}" for url, c in capacities.items() if c)
+        log.warning("replica capacity without Redis: each of the %d workers runs 1/%d of the replicas' capacity "
+                    "(%s; at least 1 generation) with a queue of its own; set SLUICE_REDIS_URL for one count and "
+                    "one fair order across workers and hosts", workers, workers, listed)
     app.extensions[EXTENSION] = ReplicaSlots(
         state, redis_queue, MemoryFairQueue(workers), capacities, timeout=config["QUEUE_TIMEOUT"],
         limit=config["QUEUE_MAX"], fair=config["QUEUE_POLICY"] == "fair")
