@@ -1,4 +1,4 @@
-"""The fair queue's order, in Redis (the Lua scripts, on a real redis-server) and in one process.
+"""The fair queue's order, in Redis (the Lua scripts, on a real redis-server) and in one process; Redis outages.
 
 Both backends are driven the same way: one slot, a holder, tickets queued behind it; each
 release grants the next ticket, and the order of the grants is what is checked.
@@ -12,6 +12,9 @@ import pytest
 
 from app.access.fair_queue import FULL, GRANTED, UNKNOWN, WAITING, RedisFairQueue
 from app.access.memory_queue import DeficitRoundRobin, MemoryFairQueue
+from app.access.replica_slots import EXTENSION, Ticket
+from app.errors import Unavailable
+from bench.processes import free_port
 
 POOL = "test-pool"
 
@@ -112,3 +115,39 @@ def test_redis_slots_and_waiting_tickets_expire(redis_client):
     # Both leases ran out: the slot is free again and the dead waiter is not in front.
     assert queue.enqueue(POOL, "alive", "normal", "b", 1, 1, 10) == GRANTED
     assert queue.poll(POOL, "dead-waiter", 1) == UNKNOWN
+
+
+def slots_of(make_app, redis_url: str, **settings):
+    app = make_app(REDIS_URL=redis_url, REPLICA_CAPACITY=1, WORKERS=1, QUEUE_TIMEOUT=0.2, **settings)
+    return app, app.extensions[EXTENSION]
+
+
+def test_with_redis_down_and_failing_open_the_worker_counts_its_own_slots(make_app):
+    app, slots = slots_of(make_app, f"redis://127.0.0.1:{free_port()}/0")
+    with app.test_request_context("/v1/completions"):
+        held = slots.take(Ticket(POOL, 1, "normal", "a", 1), key_name=None, environ={})
+        assert held.ticket.queue is slots.memory
+        with pytest.raises(Unavailable) as refused:  # the one slot is this worker's, and held
+            slots.take(Ticket(POOL, 1, "normal", "b", 1), key_name=None, environ={})
+        assert refused.value.code == "queue_timeout" and refused.value.headers["Retry-After"] == "1"
+        held.release()
+        assert slots.take(Ticket(POOL, 1, "normal", "b", 1), key_name=None, environ={}).ticket.queue is slots.memory
+
+
+def test_with_redis_down_and_failing_closed_nothing_is_admitted(make_app):
+    app, slots = slots_of(make_app, f"redis://127.0.0.1:{free_port()}/0", REDIS_FAILURE_MODE="closed")
+    with app.test_request_context("/v1/completions"), pytest.raises(Unavailable) as refused:
+        slots.take(Ticket(POOL, 1, "normal", "a", 1), key_name=None, environ={})
+    assert refused.value.code == "redis_unavailable"
+
+
+def test_a_granted_turn_is_renewed_and_given_back_in_redis(make_app, redis_server, redis_client):
+    app, slots = slots_of(make_app, redis_server.url)
+    with app.test_request_context("/v1/completions"):
+        turn = slots.take(Ticket(POOL, 1, "high", "a", 1), key_name="a", environ={})
+    assert turn.ticket.queue is slots.redis
+    assert redis_client.zrange(f"sluice:fq:{POOL}:slots", 0, -1) == [turn.ticket.id.encode()]
+    slots._renew(POOL, [turn.ticket.id])  # noqa: SLF001 - what the renewing greenlet does every 2 s
+    turn.release()
+    turn.release()  # once only
+    assert redis_client.zcard(f"sluice:fq:{POOL}:slots") == 0
