@@ -43,7 +43,7 @@ class WorkerGate:
 
     def try_enter(self) -> bool:
         """Take a slot if one is free now."""
-        return self._slots.acquire(blocking=False)
+        return bool(self._slots.acquire(blocking=False))
 
     def wait(self) -> None:
         """Wait for a slot, up to the timeout, in a queue of bounded length; 503 when neither works out."""
@@ -209,7 +209,7 @@ def max_tokens(payload: dict[str, Any]) -> int:
     value = payload.get("max_tokens") or payload.get("max_completion_tokens")
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return value
-    return current_app.config["MAX_TOKENS_LIMIT"]
+    return int(current_app.config["MAX_TOKENS_LIMIT"])
 
 
 @finished.connect

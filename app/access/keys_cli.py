@@ -17,7 +17,7 @@ from app.access.keys import LIMIT_FIELDS, MAX_WEIGHT, PRIORITIES, KeyRing, KeySt
 from app.access.shared_state import connect
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `keys` and its subcommands to the `sluice` command's subparsers."""
     keys = subparsers.add_parser("keys", help="create, list and revoke API keys",
                                  description="Manage API keys (stored as SHA-256 hashes only).")
