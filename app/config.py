@@ -27,12 +27,7 @@ def _parse_bool(raw: str) -> bool:
     raise ValueError("expected true or false")
 
 
-_PARSERS: dict[type, Callable[[str], Any]] = {
-    str: str,
-    int: int,
-    float: float,
-    bool: _parse_bool,
-}
+_PARSERS: dict[type, Callable[[str], Any]] = {str: str, int: int, float: float, bool: _parse_bool}
 
 
 @dataclass(frozen=True)
@@ -105,6 +100,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Seconds a health check (background or /readyz) waits for a replica.",
             minimum=0.001),
     Setting("UPSTREAM_API_KEY", str, "", "Bearer token sent to the upstream, if it requires one."),
+    Setting("UPSTREAM_SCHEDULING_POLICY", str, "fcfs", "vLLM's --scheduling-policy on the UPSTREAM_URL replicas; "
+            "priority: each key's class is sent as vLLM's priority field.", choices=("fcfs", "priority")),
     Setting("MODEL", str, "",
             "Model (the upstream's name for it) used when a request names none. Empty: the upstream's first "
             "served model."),
@@ -213,6 +210,13 @@ SETTINGS: tuple[Setting, ...] = (
             "Requests a worker lets wait for a free generation slot; beyond that, 503 at once.", minimum=0),
     Setting("ADMISSION_TIMEOUT", float, 10.0, "Seconds a request waits for a free generation slot before 503.",
             minimum=0.001),
+    Setting("REPLICA_CAPACITY", int, 0, "Generations a replica runs at once through the gateway (upstreams file: "
+            "per replica); more wait in the fair queue. 0: no bound (docs/scaling.md).", minimum=0),
+    Setting("QUEUE_TIMEOUT", float, 30.0, "Seconds a request waits for replica capacity before 503.", minimum=0.001),
+    Setting("QUEUE_MAX", int, 1000, "Requests that may wait for replica capacity (all workers and hosts, with "
+            "Redis; else per worker); beyond that, 503 at once.", minimum=0),
+    Setting("QUEUE_POLICY", str, "fair", "Order in which waiting requests get replica capacity: fair (priority "
+            "classes, then keys by weight) or fifo.", choices=("fair", "fifo")),
 )
 
 SETTINGS_BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}

@@ -59,6 +59,10 @@ class Exchange:
     duration: float = 0.0
     # What admission (app/access/admission.py) holds for this generation; given back when it finishes.
     admission: Any = field(default=None, repr=False, compare=False)
+    # Its slot of the replicas' capacity (app/access/replica_slots.py), likewise given back.
+    turn: Any = field(default=None, repr=False, compare=False)
+    # vLLM's `priority` for it (lower is served first), sent to replicas scheduling by priority.
+    vllm_priority: int | None = None
 
     def __post_init__(self) -> None:
         opened.send(self)

@@ -12,7 +12,7 @@ from typing import Any
 
 from flask import Response, g, request
 
-from app.access import admission
+from app.access import admission, replica_slots
 from app.exchange import COMPLETED, REJECTED, Exchange, failures_recorded
 from app.observe.request_id import current_request_id
 from app.relay.disconnect import cancel_on_disconnect
@@ -37,6 +37,7 @@ def new_exchange(payload: dict[str, Any], request_id: str | None = None) -> Exch
     # so from here on every path must finish it (failures_recorded does, for any exception).
     with failures_recorded(exchange, outcome=REJECTED):
         admission.admit(exchange, payload)
+        replica_slots.wait_turn(exchange, payload)  # with SLUICE_REPLICA_CAPACITY: a slot, in fair order
     return exchange
 
 

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from flask import Flask, Response, current_app, g, request
 from gevent.lock import BoundedSemaphore
 
+from app.access import replica_slots
 from app.access.auth import client_identity, key_limit
 from app.access.counters import Counters, MemoryCounters, RedisCounters
 from app.access.shared_state import SharedState, get_shared_state
@@ -232,3 +233,4 @@ def init_app(app: Flask) -> None:
     app.extensions[EXTENSION] = Admitter(get_shared_state(app), gate, token_window=app.config["TOKEN_WINDOW"],
                                          slot_ttl=app.config["KEY_SLOT_TTL"])
     app.after_request(_token_headers)
+    replica_slots.init_app(app)  # the replicas' capacity and its fair queue: the next step of admission

@@ -54,6 +54,9 @@ class EngineSpec:
                 "--dtype", self.dtype, "--max-model-len", str(self.max_model_len),
                 # Without it vLLM compiles with torch inductor first: about 255 s instead of 60 s.
                 "--enforce-eager",
+                # Serves lower `priority` values first: the gateway sends each key's class
+                # (SLUICE_UPSTREAM_SCHEDULING_POLICY=priority, set by `sluice serve`).
+                "--scheduling-policy", "priority",
                 "--host", HOST, "--port", str(self.port), *self.extra_args]
 
     def environment(self, base: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -85,7 +85,8 @@ def _serve_engine(settings: Mapping[str, Any], engine_args: Sequence[str], stops
     stops.append(supervisor.stop)
     supervisor.start()
     _run_gateway(settings, gateway, f"the embedded engine at {spec.url}, model {spec.served_model_name!r}", stops,
-                 supervisor.check, {"SLUICE_UPSTREAM_URL": spec.url, "SLUICE_ENGINE_STATE_FILE": str(state.path)})
+                 supervisor.check, {"SLUICE_UPSTREAM_URL": spec.url, "SLUICE_ENGINE_STATE_FILE": str(state.path),
+                  "SLUICE_UPSTREAM_SCHEDULING_POLICY": "priority"})
 
 
 def serve(settings: Mapping[str, Any], engine_args: Sequence[str] = ()) -> int:

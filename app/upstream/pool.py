@@ -146,8 +146,11 @@ class _Failover:
 
     def _open(self, replica: Replica) -> requests.Response:
         replica.acquire()
+        payload = self.payload
+        if replica.scheduling_policy == "priority" and self.exchange.vllm_priority is not None:
+            payload = {**payload, "priority": self.exchange.vllm_priority}  # the key's class, never the client's
         try:
-            response = replica.client.open(self.path, self.payload, request_id=self.exchange.request_id,
+            response = replica.client.open(self.path, payload, request_id=self.exchange.request_id,
                                            stream=self.stream)
         except ApiError as exc:
             replica.release()

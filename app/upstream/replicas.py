@@ -77,6 +77,7 @@ class Replica:
     def __init__(self, spec: ReplicaSpec, client: Client, policy: HealthPolicy,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.url, self.kind, self.weight = spec.url, spec.kind, spec.weight
+        self.scheduling_policy = spec.scheduling_policy
         self.client = client
         self.policy = policy
         self.clock = clock
