@@ -145,9 +145,11 @@ SETTINGS: tuple[Setting, ...] = (
             "Model names clients use, mapped to the upstream's served names: comma-separated client=upstream "
             "pairs, e.g. gpt-4o-mini=smollm2,fast=smollm2. When set, only these names are accepted (others "
             "get 404) and /v1/models lists them; empty: names pass through and /v1/models lists the upstream's."),
-    Setting("UNKNOWN_FIELDS", str, "reject",
-            "Request fields of /v1/completions and /v1/chat/completions that Sluice does not know: reject "
-            "(422 naming them) or pass (forwarded to the upstream unchecked).", choices=("reject", "pass")),
+    Setting("UNKNOWN_FIELDS", str, "pass",
+            "Request fields of the OpenAI-compatible routes that Sluice does not know (vLLM's own, e.g. "
+            "structured_outputs, chat_template_kwargs): pass (forwarded upstream unchanged; known fields are "
+            "still checked) or reject (422 naming them). The native API always rejects them.",
+            choices=("pass", "reject")),
     Setting("WS_PING_INTERVAL", float, 25.0,
             "Seconds between pings on /v1/generate/ws, which keep idle connections open through proxies; a "
             "client that has not answered the previous ping is disconnected. 0 turns pings off.", minimum=0),

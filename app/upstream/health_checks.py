@@ -18,6 +18,7 @@ from gevent import monkey
 from gevent.event import Event
 
 from app.errors import ApiError, UpstreamBadResponse
+from app.upstream import capabilities
 from app.upstream.load import parse_vllm_metrics
 from app.upstream.replicas import EJECTED, Client, Replica, observed
 
@@ -51,6 +52,14 @@ def discover_models(replica: Replica) -> None:
         log.warning("cannot list the models of %s: %s", replica.url, exc.message)
 
 
+def discover_routes(replica: Replica) -> None:
+    """Read which routes a vLLM replica serves (its runner decides: generation or pooling); on failure keep them."""
+    try:
+        replica.routes = capabilities.served_routes(replica.client)
+    except ApiError as exc:
+        log.warning("cannot list the routes of %s: %s", replica.url, exc.message)
+
+
 def probe(replica: Replica) -> None:
     """One active check of a replica: alive, then its models if needed, then its load."""
     returning = replica.state == EJECTED
@@ -63,6 +72,8 @@ def probe(replica: Replica) -> None:
     replica.health_passed()
     if not replica.models_configured and (replica.models is None or (returning and replica.serving())):
         discover_models(replica)
+    if replica.kind in capabilities.DISCOVERED_KINDS and (replica.routes is None or returning):
+        discover_routes(replica)  # again on return: it may have been restarted with another model
     if replica.kind in SCRAPED_KINDS:
         try:
             replica.set_load(parse_vllm_metrics(replica.client.get_text("/metrics")))
