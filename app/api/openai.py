@@ -14,9 +14,9 @@ from typing import Any
 from flask.views import MethodView
 
 from app import gateway
-from app.exchange import GENERATION
 from app.api.docs import GENERATION_HEADERS, error_responses
 from app.api.smorest import Blueprint
+from app.exchange import GENERATION
 from app.schemas import ApiErrorSchema
 from app.schemas_openai import ChatCompletionRequestSchema, CompletionRequestSchema, ModelListSchema
 from app.upstream import errors as upstream_errors

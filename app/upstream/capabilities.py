@@ -31,7 +31,8 @@ def served_routes(client: Client) -> frozenset[str]:
     paths = document.get("paths") if isinstance(document, dict) else None
     if not isinstance(paths, dict):
         return frozenset()
-    return frozenset(path for path, operations in paths.items() if isinstance(operations, dict) and "post" in operations)
+    return frozenset(path for path, operations in paths.items()
+                     if isinstance(operations, dict) and "post" in operations)
 
 
 def describe(routes: frozenset[str]) -> str:
