@@ -16,10 +16,10 @@ import requests
 
 from app import config
 from app.engine import children
+from app.engine.embedding_model import embedding_model_dir, unpack_model
 from app.engine.environment import is_ready, requirements_digest
 from app.engine.gateway_process import curl_example, local_url
 from app.engine.layout import PROJECT_ROOT, EngineLayout
-from app.engine.embedding_model import embedding_model_dir, unpack_model
 from app.engine.model import _sweep_partials, default_model_dir, ensure_model
 from app.engine.probe import unmet_pins
 from app.engine.process import EngineSpec
@@ -230,7 +230,8 @@ def test_serve_with_a_fake_engine_stops_everything_when_the_engine_is_lost(fake_
     (embedding_model / "config.json").write_text("{}")
     gateway_url = f"http://127.0.0.1:{free_port()}"
     embeddings_port = free_port()
-    state_files = {"chat": fake_engine_env / "state.json", "embeddings": home / "run" / f"engine-{embeddings_port}.json"}
+    state_files = {"chat": fake_engine_env / "state.json",
+                   "embeddings": home / "run" / f"engine-{embeddings_port}.json"}
     state_file = state_files[lost]
     env = {**os.environ, "SLUICE_ENGINE_HOME": str(home), "SLUICE_ENGINE_MODEL_DIR": str(fake_engine_env / "model"),
            "SLUICE_BIND": gateway_url[len("http://"):], "SLUICE_ENGINE_PORT": str(free_port()),
