@@ -10,9 +10,11 @@ hash-seeded unit vectors, cosine scores), with usage counted in words like the g
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import math
+import struct
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -79,6 +81,13 @@ def embedding(text: str) -> list[float]:
     return [round(v / norm, 6) for v in vector]
 
 
+def _encoded(vector: list[float], body: dict[str, Any]) -> list[float] | str:
+    """As `encoding_format` asks: floats, or base64 of float32 (what the openai package asks for)."""
+    if body.get("encoding_format") == "base64":
+        return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+    return vector
+
+
 def cosine(a: str, b: str) -> float:
     return round(sum(x * y for x, y in zip(embedding(a), embedding(b), strict=True)), 6)
 
@@ -93,7 +102,8 @@ def pooling_answer(path: str, body: dict[str, Any], model: str) -> dict[str, Any
     if path == "/v1/embeddings":
         texts = _texts(body.get("input", body.get("messages")))
         return {"id": f"embd-{uuid.uuid4().hex}", "object": "list", "created": created, "model": model,
-                "data": [{"index": i, "object": "embedding", "embedding": embedding(t)} for i, t in enumerate(texts)],
+                "data": [{"index": i, "object": "embedding", "embedding": _encoded(embedding(t), body)}
+                         for i, t in enumerate(texts)],
                 "usage": _usage(sum(len(t.split()) for t in texts))}
     if path.endswith("/rerank"):
         query, documents = _texts(body.get("query"))[0], _texts(body.get("documents"))
@@ -215,10 +225,16 @@ async def _responses(server: SimServer, conn: _Conn, req: _Request, body: dict[s
         server._write_simple(conn, 200, response, close)
     else:
         await server._send(conn, server._head(200, "text/event-stream; charset=utf-8", None, None, close))
-        for event in response_events(response, pieces):
-            if server.config.itl > 0 and b"output_text.delta" in event:
-                await asyncio.sleep(server.config.itl)
-            await server._send_chunk(conn, event)
+        try:
+            for event in response_events(response, pieces):
+                if server.config.itl > 0 and b"output_text.delta" in event:
+                    await asyncio.sleep(server.config.itl)
+                await server._send_chunk(conn, event)
+        except BaseException:
+            if conn.writer.transport.is_closing():  # the client left (the simulator raises its _ClientGone)
+                server.stats.cancelled += 1
+                server.stats.last_cancel_at = time.time()
+            raise
         await server._send(conn, b"0\r\n\r\n")  # no [DONE]: vLLM ends the stream with response.completed
     server.stats.tokens_generated += len(pieces)
     server.stats.completed += 1
