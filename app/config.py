@@ -62,9 +62,9 @@ class Setting:
             value = float(value)
         if not isinstance(value, self.type) or (self.type is int and isinstance(value, bool)):
             raise ValueError(f"expected {self.type.__name__}")
-        if self.minimum is not None and value < self.minimum:
+        if self.minimum is not None and value < self.minimum:  # type: ignore[operator]  # int or float here
             raise ValueError(f"must be at least {self.minimum:g}")
-        if self.maximum is not None and value > self.maximum:
+        if self.maximum is not None and value > self.maximum:  # type: ignore[operator]  # int or float here
             raise ValueError(f"must be at most {self.maximum:g}")
         if self.choices is not None and value not in self.choices:
             raise ValueError(f"must be one of {', '.join(self.choices)}")

@@ -50,7 +50,7 @@ class Exchange:
     started: float = field(default_factory=time.perf_counter)
     # perf_counter() at each upstream event: one append per token is all the hot path pays;
     # time to first token and the gaps between tokens are derived from it at the end.
-    arrivals: array = field(default_factory=lambda: array("d"))
+    arrivals: array[float] = field(default_factory=lambda: array("d"))
     # Time spent blocked on the upstream (opening it, reading a whole body): the rest of a
     # request's time is the gateway's own overhead.
     upstream_seconds: float = 0.0

@@ -29,7 +29,7 @@ class OpenAISchema(Schema):
     class Meta:
         unknown = INCLUDE
 
-    def on_bind_field(self, field_name: str, field_obj: fields.Field) -> None:
+    def on_bind_field(self, field_name: str, field_obj: fields.Field[Any]) -> None:
         if not field_obj.required:
             field_obj.allow_none = True
 
@@ -51,7 +51,7 @@ def _check_parts(parts: list[Any]) -> None:
             raise ValidationError("A text content part needs a string `text`.")
 
 
-class ContentField(fields.Field):
+class ContentField(fields.Field[Any]):
     """A message's content: a string, or a list of content parts ({"type": "text", "text": ...}, images...)."""
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
@@ -70,7 +70,7 @@ def text_of(content: Any) -> str:
     return content or ""
 
 
-class PromptField(fields.Field):
+class PromptField(fields.Field[Any]):
     """A completion prompt: a string, strings, token ids, or lists of token ids, as vLLM takes them."""
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
@@ -84,7 +84,7 @@ class PromptField(fields.Field):
         raise ValidationError("Must be a non-empty string, list of strings, or list of token ids.")
 
 
-class ToolChoiceField(fields.Field):
+class ToolChoiceField(fields.Field[Any]):
     """`tool_choice`: none, auto, required, or an object naming the tool."""
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:

@@ -47,7 +47,7 @@ class WorkerGate:
 
     def try_enter(self) -> bool:
         """Take a slot if one is free now."""
-        return self._slots.acquire(blocking=False)
+        return bool(self._slots.acquire(blocking=False))
 
     def wait(self) -> None:
         """Wait for a slot, up to the timeout, in a queue of bounded length; 503 when neither works out."""
@@ -214,7 +214,7 @@ def max_tokens(payload: dict[str, Any]) -> int:
     value = payload.get("max_tokens") or payload.get("max_completion_tokens") or payload.get("max_output_tokens")
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return value
-    return current_app.config["MAX_TOKENS_LIMIT"]
+    return int(current_app.config["MAX_TOKENS_LIMIT"])
 
 
 @finished.connect

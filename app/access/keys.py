@@ -188,15 +188,16 @@ class RedisKeyStore:
 
     def lookup(self, key_hash: str) -> KeyRecord | None:
         """The record whose hash is `key_hash`."""
-        raw = self.client.get(self.RECORD.format(key_hash))
+        raw: bytes | None = self.client.get(self.RECORD.format(key_hash))  # type: ignore[assignment]
         return None if raw is None else KeyRecord.from_json(json.loads(raw))
 
     def records(self) -> list[KeyRecord]:
         """Every record, by name."""
-        hashes = self.client.hgetall(self.NAMES)
+        hashes: dict[bytes, bytes] = self.client.hgetall(self.NAMES)  # type: ignore[assignment]
         if not hashes:
             return []
-        raws = self.client.mget([self.RECORD.format(h.decode()) for h in hashes.values()])
+        raws: list[bytes | None] = self.client.mget(  # type: ignore[assignment]
+            [self.RECORD.format(h.decode()) for h in hashes.values()])
         return sorted((KeyRecord.from_json(json.loads(raw)) for raw in raws if raw), key=lambda r: r.name)
 
     def add(self, record: KeyRecord) -> None:
@@ -210,7 +211,7 @@ class RedisKeyStore:
 
     def revoke(self, name: str) -> bool:
         """Mark the key `name` revoked; False when there is none."""
-        key_hash = self.client.hget(self.NAMES, name)
+        key_hash: bytes | None = self.client.hget(self.NAMES, name)  # type: ignore[assignment]
         record = key_hash and self.lookup(key_hash.decode())
         if not record:
             return False

@@ -17,7 +17,7 @@ from app.access.keys import LIMIT_FIELDS, KeyRing, KeyStoreError
 from app.access.shared_state import connect
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `keys` and its subcommands to the `sluice` command's subparsers."""
     keys = subparsers.add_parser("keys", help="create, list and revoke API keys",
                                  description="Manage API keys (stored as SHA-256 hashes only).")
@@ -53,7 +53,7 @@ def create_key(args: argparse.Namespace) -> int:
 def list_keys(args: argparse.Namespace) -> int:
     """A table of every key: name, store, limits, state."""
     def show(ring: KeyRing) -> int:
-        rows = [("NAME", "STORE", "RPM", "TPM", "MAX_CONCURRENT", "STATE", "CREATED")]
+        rows: list[tuple[str, ...]] = [("NAME", "STORE", "RPM", "TPM", "MAX_CONCURRENT", "STATE", "CREATED")]
         for kind, record in ring.records():
             limits = tuple("default" if getattr(record, f) is None else str(getattr(record, f)) for f in LIMIT_FIELDS)
             rows.append((record.name, kind, *limits, "revoked" if record.revoked else "active", record.created))

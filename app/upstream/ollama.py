@@ -49,8 +49,8 @@ class OllamaClient(UpstreamClient):
 
     health_path = "/api/version"
 
-    def open(self, path: str, payload: dict[str, Any], *, request_id: str | None,
-             stream: bool) -> OllamaResponse:  # type: ignore[override]
+    def open(self, path: str, payload: dict[str, Any], *, request_id: str | None,  # type: ignore[override]
+             stream: bool) -> OllamaResponse:
         """POST the translated request; return its answer in OpenAI's shapes. The caller closes it."""
         ollama_path, body = ollama_request(path, payload)
         answer = Answer(path, payload["model"], request_id or uuid.uuid4().hex, include_usage=_wants_usage(payload))
