@@ -41,7 +41,7 @@ def _check_chars(field_name: str, value: Any) -> None:
         raise ValidationError({field_name: exc.messages}) from None
 
 
-class ScoreInputField(fields.Field):
+class ScoreInputField(fields.Field[Any]):
     """One side of a score: a text, a {"content": [parts]} object, or a list of those."""
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
@@ -52,7 +52,7 @@ class ScoreInputField(fields.Field):
         raise ValidationError("Must be a text, an object with a `content` list, or a non-empty list of those.")
 
 
-class ResponsesInputField(fields.Field):
+class ResponsesInputField(fields.Field[Any]):
     """The Responses API's `input`: a text, or a non-empty list of input items (objects)."""
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
