@@ -85,6 +85,7 @@ class Replica:
         self.models_configured = spec.models is not None
         # The POST routes it serves (None: not known yet, or not knowable: every route is tried).
         self.routes: frozenset[str] | None = FIXED_ROUTES.get(spec.kind)
+        self.routes_retry_at = 0.0  # monotonic time before which unreadable routes are not asked again
         self.state = HEALTHY
         self.state_since = clock()
         self.ejected_until = 0.0

@@ -190,3 +190,22 @@ def test_responses_stream_failures_end_with_an_error_event(client, tail, code):
     error = json.loads(blocks[-1].split("data: ", 1)[1])
     assert error["type"] == "error" and error["code"] == code and error["error"]["code"] == code
     assert blocks[:-1] == cut.decode().strip().split("\n\n"), "the events before it were relayed"
+
+
+@responses.activate
+def test_health_checks_read_a_vllm_replicas_routes_and_do_not_hammer_one_without_them(app):
+    from app.upstream.health_checks import probe
+
+    replica = app.extensions["sluice.upstream"].replicas[0]
+    responses.get(f"{UPSTREAM}/health")
+    responses.get(f"{UPSTREAM}/v1/models", json={"object": "list", "data": [{"id": "sim-model"}]})
+    responses.get(f"{UPSTREAM}/metrics", body="", content_type="text/plain")
+    openapi = responses.get(f"{UPSTREAM}/openapi.json", status=404, json={"detail": "Not Found"})
+    probe(replica)
+    probe(replica)
+    assert replica.routes is None and openapi.call_count == 1, "unknown, and not asked again at once"
+    replica.routes_retry_at = 0.0
+    responses.replace(responses.GET, f"{UPSTREAM}/openapi.json",
+                      json={"paths": {"/v1/embeddings": {"post": {}}, "/health": {"get": {}}, "/score": {"post": {}}}})
+    probe(replica)
+    assert replica.routes == frozenset({"/v1/embeddings", "/score"})
