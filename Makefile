@@ -4,13 +4,18 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test test-fast bench soak audit system-deps clean
+.PHONY: serve test lint test-fast bench fairness soak audit system-deps clean
 
 serve: $(STAMP)
 	$(BIN)/sluice serve
 
-test: $(STAMP) system-deps
+test: $(STAMP) system-deps lint
 	$(BIN)/python -m pytest
+
+# Style (ruff.toml) and types (setup.cfg's [mypy]): part of `make test`, so CI fails on either.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 # Unit tests only: no gunicorn, Redis, nginx or engine.
 test-fast: $(STAMP)
@@ -18,6 +23,10 @@ test-fast: $(STAMP)
 
 bench: $(STAMP) system-deps
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# Replica capacity shared by the fair queue against FIFO, on the simulator (docs/scaling.md). A few minutes.
+fairness: $(STAMP) system-deps
+	$(BIN)/python -m bench.fairness $(BENCH_ARGS)
 
 # 50,000 mixed requests through one worker: memory must settle, fds come back (docs/reliability.md).
 # Minutes, not seconds: not part of `make test`.

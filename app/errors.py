@@ -10,6 +10,7 @@ import logging
 from typing import Any
 
 from flask import Flask
+from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 
 from app.relay.disconnect import ClientDisconnected
@@ -174,16 +175,16 @@ def register(app: Flask) -> None:
     """Make every error the app can raise come out in the one JSON shape."""
 
     @app.errorhandler(ApiError)
-    def _api_error(exc: ApiError):
+    def _api_error(exc: ApiError) -> ResponseReturnValue:
         return error_response(exc)
 
     @app.errorhandler(ClientDisconnected)
-    def _client_gone(exc: ClientDisconnected):
+    def _client_gone(exc: ClientDisconnected) -> ResponseReturnValue:
         # Nobody is left to read this; 499 is nginx's convention for it in access logs.
         return "", 499
 
     @app.errorhandler(HTTPException)
-    def _http_error(exc: HTTPException):
+    def _http_error(exc: HTTPException) -> ResponseReturnValue:
         error = from_http_exception(exc)
         headers = dict(error.headers)
         if exc.code == 405 and exc.valid_methods:  # type: ignore[attr-defined]
@@ -191,7 +192,7 @@ def register(app: Flask) -> None:
         return error.body(), error.status, headers
 
     @app.errorhandler(Exception)
-    def _unexpected(exc: Exception):
+    def _unexpected(exc: Exception) -> ResponseReturnValue:
         # A bug of ours: logged with its traceback, never shown to the client.
         log.exception("unhandled error")
         return internal_error().body(), 500

@@ -26,7 +26,7 @@ class ConfiguredMaximum(validate.Validator):
         return value
 
 
-class StopField(fields.Field):
+class StopField(fields.Field[Any]):
     """`stop`: one string, or a list of up to 4 non-empty strings, as OpenAI's API has it."""
 
     MAX_STOPS = 4

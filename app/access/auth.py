@@ -49,7 +49,7 @@ def key_limit(field: str) -> int:
     """This caller's limit `field` (rpm, tpm, max_concurrent): its key's own, else the default; 0 is none."""
     record: KeyRecord | None = g.get("key_record")
     own = getattr(record, field) if record is not None else None
-    return own if own is not None else current_app.config[f"DEFAULT_{field.upper()}"]
+    return int(own if own is not None else current_app.config[f"DEFAULT_{field.upper()}"])
 
 
 def refused(message: str, *, invalid: bool = False) -> Unauthorized:

@@ -26,6 +26,10 @@ import redis
 KEY_PREFIX = "sluice-"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 LIMIT_FIELDS = ("rpm", "tpm", "max_concurrent")
+# The key's share when replica capacity is scarce (app/access/fair_queue.py): classes are strict
+# (a higher one is always admitted first), weights share capacity within a class.
+PRIORITIES = ("high", "normal", "low")
+MAX_WEIGHT = 1000
 
 
 class KeyStoreError(ValueError):
@@ -57,6 +61,8 @@ class KeyRecord:
     max_concurrent: int | None = None
     revoked: bool = False
     created: str = ""
+    weight: int = 1
+    priority: str = "normal"
 
     def matches(self, key_hash: str) -> bool:
         """Whether `key_hash` is this key's hash, compared in constant time."""
@@ -73,19 +79,30 @@ class KeyRecord:
         limits = {f: data.get(f) for f in LIMIT_FIELDS}
         if any(v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0) for v in limits.values()):
             raise KeyStoreError(f"key {data['name']!r}: rpm, tpm and max_concurrent must be whole numbers >= 0")
+        weight, priority = data.get("weight", 1), data.get("priority", "normal")
+        check_share(weight, priority, f"key {data['name']!r}")
         return cls(name=data["name"], sha256=data["sha256"], revoked=bool(data.get("revoked", False)),
-                   created=str(data.get("created", "")), **limits)
+                   created=str(data.get("created", "")), weight=weight, priority=priority, **limits)
+
+
+def check_share(weight: Any, priority: Any, where: str) -> None:
+    """KeyStoreError unless `weight` is a whole number from 1 to MAX_WEIGHT and `priority` one of PRIORITIES."""
+    if isinstance(weight, bool) or not isinstance(weight, int) or not 1 <= weight <= MAX_WEIGHT:
+        raise KeyStoreError(f"{where}: weight must be a whole number from 1 to {MAX_WEIGHT}, not {weight!r}")
+    if priority not in PRIORITIES:
+        raise KeyStoreError(f"{where}: priority must be one of {', '.join(PRIORITIES)}, not {priority!r}")
 
 
 def new_record(name: str, key: str, *, rpm: int | None = None, tpm: int | None = None,
-               max_concurrent: int | None = None) -> KeyRecord:
+               max_concurrent: int | None = None, weight: int = 1, priority: str = "normal") -> KeyRecord:
     """The record of a new key under `name`."""
     if not NAME_PATTERN.fullmatch(name):
         raise KeyStoreError(f"invalid key name {name!r}: 1 to 64 letters, digits, '.', '_' or '-', "
                             "starting with a letter or digit")
+    check_share(weight, priority, f"key {name!r}")
     created = datetime.now(UTC).isoformat(timespec="seconds")
     return KeyRecord(name=name, sha256=hash_key(key), rpm=rpm, tpm=tpm, max_concurrent=max_concurrent,
-                     created=created)
+                     created=created, weight=weight, priority=priority)
 
 
 class FileKeyStore:
@@ -188,15 +205,16 @@ class RedisKeyStore:
 
     def lookup(self, key_hash: str) -> KeyRecord | None:
         """The record whose hash is `key_hash`."""
-        raw = self.client.get(self.RECORD.format(key_hash))
+        raw: bytes | None = self.client.get(self.RECORD.format(key_hash))  # type: ignore[assignment]
         return None if raw is None else KeyRecord.from_json(json.loads(raw))
 
     def records(self) -> list[KeyRecord]:
         """Every record, by name."""
-        hashes = self.client.hgetall(self.NAMES)
+        hashes: dict[bytes, bytes] = self.client.hgetall(self.NAMES)  # type: ignore[assignment]
         if not hashes:
             return []
-        raws = self.client.mget([self.RECORD.format(h.decode()) for h in hashes.values()])
+        raws: list[bytes | None] = self.client.mget(  # type: ignore[assignment]
+            [self.RECORD.format(h.decode()) for h in hashes.values()])
         return sorted((KeyRecord.from_json(json.loads(raw)) for raw in raws if raw), key=lambda r: r.name)
 
     def add(self, record: KeyRecord) -> None:
@@ -210,7 +228,7 @@ class RedisKeyStore:
 
     def revoke(self, name: str) -> bool:
         """Mark the key `name` revoked; False when there is none."""
-        key_hash = self.client.hget(self.NAMES, name)
+        key_hash: bytes | None = self.client.hget(self.NAMES, name)  # type: ignore[assignment]
         record = key_hash and self.lookup(key_hash.decode())
         if not record:
             return False
@@ -236,14 +254,15 @@ class KeyRing:
         return [s for s in (self.file, self.redis) if s is not None]
 
     def create(self, name: str, *, rpm: int | None = None, tpm: int | None = None,
-               max_concurrent: int | None = None) -> tuple[str, KeyRecord]:
+               max_concurrent: int | None = None, weight: int = 1, priority: str = "normal") -> tuple[str, KeyRecord]:
         """Make a key named `name` (unique across stores); returns the key, which is stored nowhere."""
         if not self.stores:
             raise KeyStoreError("no key store configured: set SLUICE_KEYS_FILE or SLUICE_REDIS_URL")
         if any(record.name == name for _, record in self.records()):
             raise KeyStoreError(f"a key named {name!r} already exists")
         key = new_key()
-        record = new_record(name, key, rpm=rpm, tpm=tpm, max_concurrent=max_concurrent)
+        record = new_record(name, key, rpm=rpm, tpm=tpm, max_concurrent=max_concurrent, weight=weight,
+                            priority=priority)
         self.stores[-1].add(record)  # Redis when configured: every host sees it
         return key, record
 

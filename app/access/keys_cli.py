@@ -13,11 +13,11 @@ from collections.abc import Callable
 import redis
 
 from app import config
-from app.access.keys import LIMIT_FIELDS, KeyRing, KeyStoreError
+from app.access.keys import LIMIT_FIELDS, MAX_WEIGHT, PRIORITIES, KeyRing, KeyStoreError
 from app.access.shared_state import connect
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `keys` and its subcommands to the `sluice` command's subparsers."""
     keys = subparsers.add_parser("keys", help="create, list and revoke API keys",
                                  description="Manage API keys (stored as SHA-256 hashes only).")
@@ -30,6 +30,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="tokens per SLUICE_TOKEN_WINDOW seconds (default: SLUICE_DEFAULT_TPM; 0: none)")
     create.add_argument("--max-concurrent", type=_limit,
                         help="generations in flight at once (default: SLUICE_DEFAULT_MAX_CONCURRENT; 0: none)")
+    create.add_argument("--weight", type=_weight, default=1,
+                        help=f"share of replica capacity when it is scarce, relative to other keys (1 to {MAX_WEIGHT})")
+    create.add_argument("--priority", choices=PRIORITIES, default="normal",
+                        help="class when replica capacity is scarce: a higher class is always admitted first")
     create.set_defaults(func=create_key)
 
     commands.add_parser("list", help="list keys (names and limits; never the keys)").set_defaults(func=list_keys)
@@ -42,7 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def create_key(args: argparse.Namespace) -> int:
     """Print a new key on stdout (alone, for scripts); what was done on stderr."""
     def create(ring: KeyRing) -> int:
-        key, record = ring.create(args.name, rpm=args.rpm, tpm=args.tpm, max_concurrent=args.max_concurrent)
+        key, record = ring.create(args.name, rpm=args.rpm, tpm=args.tpm, max_concurrent=args.max_concurrent,
+                                  weight=args.weight, priority=args.priority)
         print(key)
         print(f"created key {record.name!r} in {ring.stores[-1].kind}; store it now, it is not shown again",
               file=sys.stderr)
@@ -53,10 +58,12 @@ def create_key(args: argparse.Namespace) -> int:
 def list_keys(args: argparse.Namespace) -> int:
     """A table of every key: name, store, limits, state."""
     def show(ring: KeyRing) -> int:
-        rows = [("NAME", "STORE", "RPM", "TPM", "MAX_CONCURRENT", "STATE", "CREATED")]
+        rows: list[tuple[str, ...]] = [
+            ("NAME", "STORE", "RPM", "TPM", "MAX_CONCURRENT", "WEIGHT", "PRIORITY", "STATE", "CREATED")]
         for kind, record in ring.records():
             limits = tuple("default" if getattr(record, f) is None else str(getattr(record, f)) for f in LIMIT_FIELDS)
-            rows.append((record.name, kind, *limits, "revoked" if record.revoked else "active", record.created))
+            rows.append((record.name, kind, *limits, str(record.weight), record.priority,
+                         "revoked" if record.revoked else "active", record.created))
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         for row in rows:
             print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
@@ -86,6 +93,16 @@ def _with_ring(action: Callable[[KeyRing], int]) -> int:
     except redis.RedisError as exc:
         print(f"sluice keys: Redis at SLUICE_REDIS_URL did not answer: {exc}", file=sys.stderr)
     return 1
+
+
+def _weight(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_WEIGHT:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 1 to {MAX_WEIGHT}, got {raw!r}")
+    return value
 
 
 def _limit(raw: str) -> int:

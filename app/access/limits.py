@@ -14,6 +14,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 from flask import Flask, Response, g, has_app_context
+from flask.typing import ResponseReturnValue
 from flask_limiter import Limiter, RateLimitExceeded
 from limits.storage import MemoryStorage, RedisStorage, Storage
 
@@ -123,7 +124,7 @@ def _rate_headers(limiter: Limiter, response: Response) -> Response:
     return response
 
 
-def _breached(exc: RateLimitExceeded):
+def _breached(exc: RateLimitExceeded) -> ResponseReturnValue:
     whose = "this key" if g.get("key_name") else "this client address"
     return error_response(RateLimited(f"Request limit of {exc.limit.limit} reached for {whose}; see Retry-After.",
                                       code="rate_limit_exceeded"))
@@ -146,7 +147,7 @@ def init_app(app: Flask) -> None:
         application_limits_exempt_when=lambda: key_limit("rpm") == 0,
         strategy="fixed-window",
         storage_uri=storage_uri,
-        storage_options=storage_options,
+        storage_options=storage_options,  # type: ignore[arg-type]  # our storage takes the state object
         headers_enabled=False,  # ours below: they must not turn a Redis hiccup into a 500
         key_prefix="sluice",
     )

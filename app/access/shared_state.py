@@ -16,6 +16,7 @@ from typing import TypeVar
 import redis
 from blinker import Namespace
 from flask import Flask, current_app
+from flask.typing import ResponseReturnValue
 from redis.backoff import NoBackoff
 from redis.driver_info import DriverInfo
 from redis.retry import Retry
@@ -110,7 +111,7 @@ def init_app(app: Flask) -> None:
     app.extensions[EXTENSION] = SharedState(client, fail_open=app.config["REDIS_FAILURE_MODE"] == "open")
 
     @app.errorhandler(redis.RedisError)
-    def _redis_error(exc: redis.RedisError):
+    def _redis_error(exc: redis.RedisError) -> ResponseReturnValue:
         # A Redis call that escaped the policy above is a bug; still a 503, never a 500.
         log.error("Redis error outside the outage policy: %s", exc)
         return error_response(unavailable())
@@ -118,4 +119,5 @@ def init_app(app: Flask) -> None:
 
 def get_shared_state(app: Flask | None = None) -> SharedState:
     """The app's shared state (Redis and its outage policy)."""
-    return (app or current_app).extensions[EXTENSION]
+    state: SharedState = (app or current_app).extensions[EXTENSION]
+    return state

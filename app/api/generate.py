@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from flask import Response
 from flask.views import MethodView
 
 from app import gateway
@@ -108,7 +109,7 @@ class GenerateStream(MethodView):
 
     @blp.arguments(GenerateRequestSchema())
     @blp.doc(responses={"200": _STREAM_DOC, **_ERRORS})
-    def post(self, body: dict[str, Any]):
+    def post(self, body: dict[str, Any]) -> Response:
         """Generate text and stream it as Server-Sent Events as the model produces it."""
         payload = completion_request(body, resolve_model(body.get("model"), get_upstream()), stream=True)
         return gateway.stream("/v1/completions", payload, NativeStreamTranslator())

@@ -44,5 +44,5 @@ def _registry() -> CollectorRegistry:
     if MULTIPROC_ENV not in os.environ:
         return REGISTRY
     registry = CollectorRegistry()
-    MultiProcessCollector(registry)
+    MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     return registry

@@ -22,6 +22,7 @@ from typing import Any
 import gevent
 from apispec import APISpec
 from flask import Flask
+from flask.typing import ResponseReturnValue
 from flask_sock import Sock
 from marshmallow import ValidationError
 from simple_websocket import ConnectionClosed, Server
@@ -76,7 +77,7 @@ def init_app(app: Flask, spec: APISpec) -> None:
                           "application/json": {"schema": "ApiError"}}}}}})
 
 
-def _not_a_websocket_route(exc: WebsocketMismatch):
+def _not_a_websocket_route(exc: WebsocketMismatch) -> ResponseReturnValue:
     return error_response(InvalidRequest(f"Only {PATH} takes WebSocket connections, and it takes nothing else.",
                                          code="websocket_mismatch"))
 
@@ -177,7 +178,8 @@ class Connection:
 def validate(message: dict[str, Any]) -> dict[str, Any]:
     """A generate request checked by the native API's schema; its 422 when invalid."""
     try:
-        return _schema.load(message)
+        loaded: dict[str, Any] = _schema.load(message)
+        return loaded
     except ValidationError as exc:
         raise from_validation_messages(422, {"json": exc.messages}) from None
 

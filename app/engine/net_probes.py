@@ -23,7 +23,7 @@ def answers(url: str, timeout: float = 2.0) -> bool:
     """True when GET url returns 200."""
     try:
         with _OPENER.open(url, timeout=timeout) as response:
-            return response.status == 200
+            return bool(response.status == 200)
     except (OSError, ValueError):  # URLError and HTTPError are OSErrors
         return False
 

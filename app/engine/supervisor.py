@@ -31,7 +31,8 @@ class StateFile:
 
     def read(self) -> dict[str, Any]:
         """The record last written."""
-        return json.loads(self.path.read_text())
+        record: dict[str, Any] = json.loads(self.path.read_text())
+        return record
 
     def remove(self) -> None:
         """Forget the state (on a clean stop nobody is left to read it)."""

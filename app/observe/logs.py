@@ -39,7 +39,7 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
-class _JsonHandler(logging.StreamHandler):
+class _JsonHandler(logging.StreamHandler):  # type: ignore[type-arg]  # generic only in the stubs
     """The gateway's handler on the root logger (a class of its own, so it is installed once)."""
 
 

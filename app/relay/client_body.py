@@ -7,6 +7,7 @@ workers; nginx in front buffers bodies itself, a gateway exposed directly needs 
 from __future__ import annotations
 
 import socket
+from typing import Any
 
 import gevent
 from flask import Flask, current_app, request
@@ -51,7 +52,7 @@ def _more_than_the_limit_follows(body: bytes) -> bool:
     return bool(request.environ["wsgi.input"].read(1))
 
 
-def _stop_reading(environ: dict) -> None:
+def _stop_reading(environ: dict[str, Any]) -> None:
     # The rest of the body is still on its way: make gunicorn see the end of the stream, so it
     # closes the connection after the 408 instead of draining the body at the client's pace.
     client_socket = environ.get("gunicorn.socket")

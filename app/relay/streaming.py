@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import requests
@@ -41,14 +42,14 @@ class UpstreamBody(Protocol):
 
 
 def relay_response(upstream: UpstreamBody, environ: dict[str, Any], transform: EventTransform,
-                   exchange: Exchange) -> Response:
+                   exchange: Exchange, stream_format: StreamFormat | None = None) -> Response:
     """A text/event-stream response relaying `upstream`, which the caller has opened.
 
     Opening happens before this, in the view, so that failures before the first byte are
     ordinary HTTP errors; from here on they are error events. gunicorn sends each yielded
     piece at once.
     """
-    response = Response(relay(upstream, environ, transform, exchange), mimetype="text/event-stream",
+    response = Response(relay(upstream, environ, transform, exchange, stream_format), mimetype="text/event-stream",
                         headers=SSE_HEADERS)
     # A generator that never started ignores close(): close the upstream here too.
     response.call_on_close(upstream.close)
@@ -57,11 +58,12 @@ def relay_response(upstream: UpstreamBody, environ: dict[str, Any], transform: E
 
 
 def relay(response: UpstreamBody, environ: dict[str, Any], transform: EventTransform,
-          exchange: Exchange) -> Iterator[bytes]:
+          exchange: Exchange, stream_format: StreamFormat | None = None) -> Iterator[bytes]:
     """Yield the client's SSE bytes for each upstream event; the upstream is closed when done."""
+    framing = stream_format or DATA_EVENTS
     try:
         with failures_recorded(exchange), cancel_on_disconnect(environ) as guard:
-            for batch in upstream_batches(response, exchange):
+            for batch in framing.batches(response, exchange):
                 out, error = _transformed(batch, transform)
                 if out:
                     with guard.writing_to_client():
@@ -69,9 +71,10 @@ def relay(response: UpstreamBody, environ: dict[str, Any], transform: EventTrans
                 if error is not None:
                     raise error
         exchange.finish(COMPLETED)
-        yield DONE
+        if framing.ending:
+            yield framing.ending
     except ApiError as exc:
-        yield exc.sse_event()
+        yield framing.error_event(exc)
     except ClientCancelled:
         pass
     finally:
@@ -81,7 +84,7 @@ def relay(response: UpstreamBody, environ: dict[str, Any], transform: EventTrans
 def _transformed(batch: list[bytes], transform: EventTransform) -> tuple[bytes, ApiError | None]:
     """The client's bytes for a batch of events, and the error an event turned out to be (after the
     events before it, which the client still gets)."""
-    pieces = []
+    pieces: list[bytes] = []
     for data in batch:
         try:
             out = transform(data)
@@ -127,3 +130,17 @@ def _usage_of(data: bytes) -> Any:
         return json.loads(data).get("usage")
     except (ValueError, AttributeError):
         return None  # the transform reports the malformed event
+
+
+@dataclass(frozen=True)
+class StreamFormat:
+    """How a kind of stream is read from the upstream and ended for the client."""
+
+    # The upstream's events, for the transform: those of one read of the socket together.
+    batches: Callable[[UpstreamBody, Exchange], Iterator[list[bytes]]]
+    ending: bytes  # sent after the last event (nothing: b"")
+    error_event: Callable[[ApiError], bytes]  # a failure after the first byte, as the stream's last bytes
+
+
+# Chat and completions: `data:` events up to `data: [DONE]` (see app/relay/named_events.py for the other).
+DATA_EVENTS = StreamFormat(upstream_batches, DONE, ApiError.sse_event)

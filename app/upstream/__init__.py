@@ -63,7 +63,7 @@ def init_app(app: Flask) -> None:
 
 def get_upstream() -> Pool:
     """The replica pool, its health checks running in this worker; 503 when no upstream is configured."""
-    pool = current_app.extensions.get(EXTENSION)
+    pool: Pool | None = current_app.extensions.get(EXTENSION)
     if pool is None:
         raise Unavailable("No upstream is configured: set SLUICE_UPSTREAM_URL (or SLUICE_UPSTREAMS_FILE) "
                           "or run `sluice serve`.", code="no_upstream")

@@ -85,7 +85,8 @@ class UpstreamClient:
 
     def get_text(self, path: str) -> str:
         """GET a small text document (Prometheus metrics)."""
-        return self._get(path, TEXT_TYPE, lambda response: response.text)
+        text: str = self._get(path, TEXT_TYPE, lambda response: response.text)
+        return text
 
     def _get(self, path: str, expected_type: str, read: Callable[[requests.Response], Any]) -> Any:
         try:

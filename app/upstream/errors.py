@@ -41,12 +41,12 @@ def upstream_message(body: bytes) -> str | None:
     if isinstance(data, dict):
         error = data.get("error")
         if isinstance(error, dict) and isinstance(error.get("message"), str):
-            return error["message"]
+            return str(error["message"])
         if isinstance(error, str):
             return error
         for key in ("message", "detail"):
             if isinstance(data.get(key), str):
-                return data[key]
+                return str(data[key])
     return None
 
 

@@ -41,7 +41,8 @@ def init_app(app: Flask) -> None:
 
 def model_map() -> dict[str, str]:
     """The app's client-name -> upstream-name map (empty: names pass through)."""
-    return current_app.extensions[EXTENSION]
+    mapping: dict[str, str] = current_app.extensions[EXTENSION]
+    return mapping
 
 
 def resolve_model(requested: str | None, upstream: Pool) -> str:

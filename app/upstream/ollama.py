@@ -10,9 +10,8 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import requests
-
 from app.upstream.client import JSON_TYPE, UpstreamClient
+from app.upstream.http import Response
 from app.upstream.ollama_wire import Answer, models_from_tags, ollama_request
 
 NDJSON_TYPE = "application/x-ndjson"
@@ -21,7 +20,7 @@ NDJSON_TYPE = "application/x-ndjson"
 class OllamaResponse:
     """An open Ollama response seen as an OpenAI one: iter_content gives SSE bytes, json() the body."""
 
-    def __init__(self, response: requests.Response, answer: Answer) -> None:
+    def __init__(self, response: Response, answer: Answer) -> None:
         self._response = response
         self._answer = answer
 
@@ -49,8 +48,8 @@ class OllamaClient(UpstreamClient):
 
     health_path = "/api/version"
 
-    def open(self, path: str, payload: dict[str, Any], *, request_id: str | None,
-             stream: bool) -> OllamaResponse:  # type: ignore[override]
+    def open(self, path: str, payload: dict[str, Any], *, request_id: str | None,  # type: ignore[override]
+             stream: bool) -> OllamaResponse:
         """POST the translated request; return its answer in OpenAI's shapes. The caller closes it."""
         ollama_path, body = ollama_request(path, payload)
         answer = Answer(path, payload["model"], request_id or uuid.uuid4().hex, include_usage=_wants_usage(payload))
