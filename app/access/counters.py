@@ -12,6 +12,8 @@ from typing import NamedTuple, Protocol
 
 import redis
 
+from app.access.shared_state import run_script
+
 # Tokens: a fixed window per caller that starts with its first reservation. Returns
 # {1, used after} when the amount fits under the limit, else {0, ms until the window ends}.
 _RESERVE = """
@@ -155,12 +157,12 @@ class RedisCounters:
         self._client.zrem(bucket, slot)
 
     def hold(self, slots: Slot, tokens: Tokens) -> tuple[bool, bool, float]:
-        taken, fits, value = self._hold(keys=[slots.bucket, tokens.bucket], args=[
+        taken, fits, value = run_script(self._client, self._hold, [slots.bucket, tokens.bucket], [
             slots.slot, slots.cap, int(slots.ttl * 1000), tokens.amount, tokens.limit, int(tokens.window * 1000)])
         return bool(taken), bool(fits), float(value) if fits else value / 1000
 
     def release(self, slots: Slot, tokens: Tokens) -> None:
-        self._release(keys=[slots.bucket, tokens.bucket], args=[slots.slot, tokens.amount])
+        run_script(self._client, self._release, [slots.bucket, tokens.bucket], [slots.slot, tokens.amount])
 
     def release_many(self, batch: list[tuple[Slot, Tokens]]) -> None:
         """Several releases in one round trip (a pipeline of the release script)."""

@@ -19,7 +19,7 @@ from flask_limiter import Limiter, RateLimitExceeded
 from limits.storage import MemoryStorage, RedisStorage, Storage
 
 from app.access.auth import client_identity, is_open_path, key_limit
-from app.access.shared_state import SharedState, get_shared_state
+from app.access.shared_state import SharedState, get_shared_state, run_script
 from app.errors import ApiError, RateLimited, error_response
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,8 @@ class SharedStorage(Storage):
         return seen[1] if seen else self._call("limits.read", lambda s: s.get_expiry(key))
 
     def _redis_hit(self, key: str, expiry: int, amount: int) -> int:
-        count, ttl_ms = self._hit(keys=[self.redis.prefixed_key(key)], args=[expiry, amount])
+        count, ttl_ms = run_script(self.state.client, self._hit, [self.redis.prefixed_key(key)],  # type: ignore[arg-type]
+                                   [expiry, amount])
         if has_app_context():
             _this_request_windows()[key] = (int(count), time.time() + max(0, ttl_ms) / 1000)
         return int(count)
