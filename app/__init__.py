@@ -27,9 +27,9 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     app.config.update(API_SPEC)
     app.config["MAX_CONTENT_LENGTH"] = settings["MAX_BODY_BYTES"]
 
-    from app import upstream
+    from app import ledger, upstream
     from app.access import admission, auth, limits, shared_state
-    from app.api import generate, health, metrics_endpoint, openai, ws
+    from app.api import generate, health, metrics_endpoint, openai, usage, ws
     from app.api.docs import Api
     from app.observe import instrument, logs, request_id
     from app.relay import client_body, proxies
@@ -39,6 +39,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     client_body.init_app(app)
     instrument.init_app(app)
     shared_state.init_app(app)  # Redis, if configured, and its outage policy: before its users below
+    ledger.init_app(app)  # the database (keys, usage): before auth and admission, which read it
     auth.init_app(app)  # before limits: they count per key
     limits.init_app(app)
     admission.init_app(app)
@@ -50,6 +51,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     api.register_blueprint(metrics_endpoint.blp)
     api.register_blueprint(generate.blp)
     api.register_blueprint(openai.blp)
+    api.register_blueprint(usage.blp)
     ws.init_app(app, api.spec)
     api.document_security(app)  # last: it amends the routes registered above
     errors.register(app)  # after Api(): replaces flask-smorest's own error handler

@@ -22,7 +22,7 @@ Arguments = Callable[[argparse.ArgumentParser], None]
 
 _COMMANDS: list[tuple[str, Handler, Arguments]] = []
 # Modules whose register(subparsers) adds their own subcommands.
-REGISTRARS = ("app.access.keys_cli",)
+REGISTRARS = ("app.access.keys_cli", "app.ledger.usage_cli")
 
 
 def command(name: str, arguments: Arguments = lambda parser: None) -> Callable[[Handler], Handler]:

@@ -51,6 +51,10 @@ class Unauthorized(ApiError):
     status, type, code = 401, "authentication_error", "invalid_api_key"
 
 
+class Forbidden(ApiError):
+    status, type, code = 403, "permission_error", "forbidden"
+
+
 class NotFound(ApiError):
     status, type, code = 404, "not_found_error", "not_found"
 

@@ -59,6 +59,9 @@ class Exchange:
     duration: float = 0.0
     # What admission (app/access/admission.py) holds for this generation; given back when it finishes.
     admission: Any = field(default=None, repr=False, compare=False)
+    # The usage ledger's writer of the app that opened it (app/ledger/recorder.py); None: no ledger.
+    ledger: Any = field(default=None, repr=False, compare=False)
+    usage_reported: bool = False  # the upstream sent its token counts (else they were counted from the stream)
 
     def __post_init__(self) -> None:
         opened.send(self)
@@ -66,6 +69,7 @@ class Exchange:
     def record_usage(self, usage: Any) -> None:
         """Take the upstream's token counts (a usage object), ignoring anything malformed."""
         if isinstance(usage, dict):
+            self.usage_reported = True
             self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
             self.completion_tokens = int(usage.get("completion_tokens") or 0)
 

@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -115,6 +116,9 @@ class Gateway(Service):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {"SLUICE_BIND": f"127.0.0.1:{self.port}", "SLUICE_WORKERS": "1", **settings}
+        if "SLUICE_DATABASE_URL" not in settings:  # a database of its own, beside its log, not the instance folder's
+            folder = log.parent if log else Path(tempfile.mkdtemp(prefix="sluice-db-"))
+            env["SLUICE_DATABASE_URL"] = f"sqlite:///{folder / f'sluice-{self.port}.db'}"
         config = "gunicorn.conf.py"
         if probe_dir is not None:  # the same settings plus a greenlet probe (bench/worker_probe.py)
             config, env["GATEWAY_PROBE_DIR"] = "bench/gunicorn_probe.conf.py", str(probe_dir)

@@ -1,8 +1,8 @@
-"""API keys: how they are made and hashed, and where their records live (a JSON file, Redis).
+"""API keys: how they are made and hashed, and where their records live (a JSON file, the database, Redis).
 
 Only a key's SHA-256 is ever stored; the key itself is shown once, by `sluice keys create`.
-Both stores are read afresh for each request (the file when it has changed), so a
-revocation reaches every worker of every host at once.
+The database (app/ledger/keystore.py) is the system of record; the file serves a single host;
+Redis holds only keys from before the database, until `sluice keys import` moves them.
 """
 from __future__ import annotations
 
@@ -23,13 +23,12 @@ from typing import Any
 
 import redis
 
+from app.access.key_store import BUDGET_PERIODS, KeyStore, KeyStoreError, check_budget
+
 KEY_PREFIX = "sluice-"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 LIMIT_FIELDS = ("rpm", "tpm", "max_concurrent")
-
-
-class KeyStoreError(ValueError):
-    """A key store cannot be used as asked (unreadable file, duplicate or invalid name)."""
+__all__ = ["BUDGET_PERIODS", "KeyStore", "KeyStoreError", "check_budget"]  # re-exported: they used to live here
 
 
 def new_key() -> str:
@@ -57,6 +56,11 @@ class KeyRecord:
     max_concurrent: int | None = None
     revoked: bool = False
     created: str = ""
+    # Total tokens (prompt + completion) the key may use per budget_period (UTC day or month);
+    # None: no budget. admin: may read everyone's usage (GET /v1/usage).
+    budget_tokens: int | None = None
+    budget_period: str | None = None
+    admin: bool = False
 
     def matches(self, key_hash: str) -> bool:
         """Whether `key_hash` is this key's hash, compared in constant time."""
@@ -73,19 +77,24 @@ class KeyRecord:
         limits = {f: data.get(f) for f in LIMIT_FIELDS}
         if any(v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0) for v in limits.values()):
             raise KeyStoreError(f"key {data['name']!r}: rpm, tpm and max_concurrent must be whole numbers >= 0")
+        budget, period = data.get("budget_tokens"), data.get("budget_period")
+        check_budget(data["name"], budget, period)
         return cls(name=data["name"], sha256=data["sha256"], revoked=bool(data.get("revoked", False)),
-                   created=str(data.get("created", "")), **limits)
+                   created=str(data.get("created", "")), budget_tokens=budget,
+                   budget_period=period if budget is not None else None, admin=bool(data.get("admin", False)),
+                   **limits)
 
 
 def new_record(name: str, key: str, *, rpm: int | None = None, tpm: int | None = None,
-               max_concurrent: int | None = None) -> KeyRecord:
-    """The record of a new key under `name`."""
+               max_concurrent: int | None = None, **extra: Any) -> KeyRecord:
+    """The record of a new key under `name`; `extra`: other KeyRecord fields (budget, admin, ...)."""
     if not NAME_PATTERN.fullmatch(name):
         raise KeyStoreError(f"invalid key name {name!r}: 1 to 64 letters, digits, '.', '_' or '-', "
                             "starting with a letter or digit")
     created = datetime.now(UTC).isoformat(timespec="seconds")
+    check_budget(name, extra.get("budget_tokens"), extra.get("budget_period"))
     return KeyRecord(name=name, sha256=hash_key(key), rpm=rpm, tpm=tpm, max_concurrent=max_concurrent,
-                     created=created)
+                     created=created, **extra)
 
 
 class FileKeyStore:
@@ -117,12 +126,17 @@ class FileKeyStore:
 
     def revoke(self, name: str) -> bool:
         """Mark the key `name` revoked; False when there is none."""
+        return self.update(name, revoked=True) is not None
+
+    def update(self, name: str, **changes: Any) -> KeyRecord | None:
+        """Change fields of the key `name` (limits, budget, admin); its new record, None when there is none."""
         with self._locked():
             records = self._read()
-            if not any(r.name == name for r in records):
-                return False
-            self._write([replace(r, revoked=True) if r.name == name else r for r in records])
-            return True
+            found = [replace(r, **changes) for r in records if r.name == name]
+            if not found:
+                return None
+            self._write([found[0] if r.name == name else r for r in records])
+            return found[0]
 
     def _refresh(self) -> None:
         # One stat per request: cheap, and the file is written by replacing it, so a change
@@ -218,39 +232,64 @@ class RedisKeyStore:
         self.client.set(self.RECORD.format(record.sha256), json.dumps(replace(record, revoked=True).to_json()))
         return True
 
+    def update(self, name: str, **changes: Any) -> KeyRecord | None:
+        return None  # Redis's keys are read only now: `sluice keys import` moves them to the database
+
 
 class KeyRing:
-    """The key stores configured: the keys file and, with Redis configured, Redis (where new keys go)."""
+    """The key stores configured: the keys file, the database, and Redis (read only: keys from before the database).
 
-    def __init__(self, file: FileKeyStore | None, redis_store: RedisKeyStore | None) -> None:
+    New keys go to the keys file when one is set (a single host), else to the database.
+    """
+
+    def __init__(self, file: FileKeyStore | None, redis_store: RedisKeyStore | None,
+                 database: KeyStore | None = None) -> None:
         self.file = file
         self.redis = redis_store
+        self.database = database
 
     @classmethod
-    def from_settings(cls, settings: Mapping[str, Any], client: redis.Redis | None) -> KeyRing:
-        """The stores SLUICE_KEYS_FILE and SLUICE_REDIS_URL name (`client` is the Redis connection)."""
+    def from_settings(cls, settings: Mapping[str, Any], client: redis.Redis | None,
+                      database: KeyStore | None = None) -> KeyRing:
+        """The stores SLUICE_KEYS_FILE and SLUICE_REDIS_URL name (`client` is the Redis connection), and `database`."""
         return cls(FileKeyStore(settings["KEYS_FILE"]) if settings["KEYS_FILE"] else None,
-                   RedisKeyStore(client) if client is not None else None)
+                   RedisKeyStore(client) if client is not None else None, database)
 
     @property
-    def stores(self) -> list[FileKeyStore | RedisKeyStore]:
-        return [s for s in (self.file, self.redis) if s is not None]
+    def stores(self) -> list[KeyStore]:
+        return [s for s in (self.file, self.redis, self.database) if s is not None]
+
+    @property
+    def home(self) -> KeyStore:
+        """Where new keys go: the keys file, else the database, else (no database given) Redis."""
+        home = self.file or self.database or self.redis
+        if home is None:
+            raise KeyStoreError("no key store configured: set SLUICE_KEYS_FILE or SLUICE_DATABASE_URL")
+        return home
 
     def create(self, name: str, *, rpm: int | None = None, tpm: int | None = None,
-               max_concurrent: int | None = None) -> tuple[str, KeyRecord]:
+               max_concurrent: int | None = None, **extra: Any) -> tuple[str, KeyRecord]:
         """Make a key named `name` (unique across stores); returns the key, which is stored nowhere."""
-        if not self.stores:
-            raise KeyStoreError("no key store configured: set SLUICE_KEYS_FILE or SLUICE_REDIS_URL")
+        home = self.home
         if any(record.name == name for _, record in self.records()):
             raise KeyStoreError(f"a key named {name!r} already exists")
         key = new_key()
-        record = new_record(name, key, rpm=rpm, tpm=tpm, max_concurrent=max_concurrent)
-        self.stores[-1].add(record)  # Redis when configured: every host sees it
+        record = new_record(name, key, rpm=rpm, tpm=tpm, max_concurrent=max_concurrent, **extra)
+        home.add(record)
         return key, record
 
     def revoke(self, name: str) -> bool:
         """Revoke `name` wherever it is stored; False when no store has it."""
         return any([store.revoke(name) for store in self.stores])  # a list: every store, no short cut
+
+    def update(self, name: str, **changes: Any) -> KeyRecord | None:
+        """Change fields of `name` in the store that holds it (not Redis: import its keys first)."""
+        check_budget(name, changes.get("budget_tokens"), changes.get("budget_period", "day"))
+        for store in (self.file, self.database):
+            record = store.update(name, **changes) if store is not None else None
+            if record is not None:
+                return record
+        return None
 
     def records(self) -> list[tuple[str, KeyRecord]]:
         """(store kind, record) for every key, revoked ones included."""
