@@ -113,7 +113,7 @@ class CachedKeyStore:
     def _listen(self, client: redis.Redis) -> None:
         while True:
             try:
-                pubsub = client.pubsub(ignore_subscribe_messages=True)
+                pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
                 pubsub.subscribe(CHANNEL)
                 self.poll()  # changes made while not subscribed
                 while True:

@@ -16,7 +16,7 @@ from app.ledger.tables import utcnow
 COLUMNS = ("requests", "prompt_tokens", "completion_tokens", "total_tokens")
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `usage` and `db` to the `sluice` command's subparsers."""
     usage = subparsers.add_parser("usage", help="requests and tokens from the usage ledger",
                                   description="Summarise the usage ledger (times are UTC).")
