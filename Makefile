@@ -44,9 +44,10 @@ $(STAMP): requirements.txt setup.cfg
 
 # From Debian's packages, for the tests that start or run them for real: Redis, nginx, openssl
 # (the nginx tests' throwaway certificate), headless Chromium (renders /docs) and systemd's
-# systemd-analyze (verifies the units in deploy/systemd/).
-SYSTEM_COMMANDS := redis-server nginx openssl chromium systemd-analyze
-SYSTEM_PACKAGES := redis-server nginx openssl chromium systemd
+# systemd-analyze (verifies the units in deploy/systemd/) and PostgreSQL's server (the ledger's tests start
+# a throwaway cluster with its initdb; as root they run it as the package's `postgres` user).
+SYSTEM_COMMANDS := redis-server nginx openssl chromium systemd-analyze /usr/lib/postgresql/15/bin/initdb
+SYSTEM_PACKAGES := redis-server nginx openssl chromium systemd postgresql
 system-deps:
 	@missing=; for c in $(SYSTEM_COMMANDS); do command -v $$c >/dev/null || missing="$$missing $$c"; done; \
 	if [ -n "$$missing" ]; then \

@@ -1,6 +1,7 @@
 """Start the real processes tests need (gunicorn, the simulator, Redis), wait for them, stop them."""
 from __future__ import annotations
 
+import glob
 import os
 import signal
 import socket
@@ -154,7 +155,9 @@ class Postgres:
     and comes back.
     """
 
-    BIN = Path(os.environ.get("SLUICE_PG_BIN", "/usr/lib/postgresql/15/bin"))
+    # Debian's server binaries are off the PATH, in a folder per major version: the newest one.
+    BIN = Path(os.environ.get("SLUICE_PG_BIN") or max(
+        glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(Path(p).parent.name), default="/usr/bin"))
 
     def __init__(self, log: Path | None = None) -> None:
         import pwd

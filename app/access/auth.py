@@ -11,7 +11,7 @@ import logging
 from flask import Flask, current_app, g, request
 
 from app import config
-from app.access.keys import KeyRecord, KeyRing, KeyStoreError, hash_key
+from app.access.keys import KEY_PREFIX, KeyRecord, KeyRing, KeyStoreError, hash_key
 from app.access.shared_state import SharedState, get_shared_state, unavailable
 from app.errors import Unauthorized, Unavailable
 from app.ledger import get_ledger
@@ -25,6 +25,7 @@ OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/do
 # Query parameters clients put keys in. Refused: URLs end up in access logs and browser history.
 KEY_PARAMS = frozenset({"api_key", "apikey", "api-key", "key", "token", "access_token"})
 _CHALLENGE = 'Bearer realm="sluice"'
+USAGE_PATH = "/v1/usage"  # its `key` parameter names a key: see _carries_key
 
 
 def is_open_path() -> bool:
@@ -142,11 +143,19 @@ def init_app(app: Flask) -> None:
     app.before_request(_authenticate)
 
 
+def _carries_key(name: str, value: str) -> bool:
+    """Whether a URL parameter is (probably) an API key. GET /v1/usage's `key` is a key's name, unless it looks
+    like a key itself."""
+    if name.lower() not in KEY_PARAMS:
+        return False
+    return name != "key" or request.path != USAGE_PATH or value.startswith(KEY_PREFIX) and len(value) > 40
+
+
 def _authenticate() -> None:
     authenticator: Authenticator = current_app.extensions[EXTENSION]
     if is_open_path() or not authenticator.required():
         return
-    if KEY_PARAMS.intersection(k.lower() for k in request.args):
+    if any(_carries_key(name, value) for name, value in request.args.items(multi=True)):
         raise refused("API keys are not accepted in the URL (URLs end up in logs): "
                       "send `Authorization: Bearer KEY` instead.", invalid=True)
     record = authenticator.authenticate(request.headers.get("Authorization"))
