@@ -16,7 +16,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.ledger import migrate, queries, recorder
-from app.ledger.database import database_url, make_engine, run_io
+from app.ledger.database import WRITER_BUSY_TIMEOUT, database_url, make_engine
 from app.ledger.key_cache import CachedKeyStore
 from app.ledger.keystore import DatabaseKeyStore
 from app.ledger.tables import utcnow
@@ -32,8 +32,9 @@ class Ledger:
     """One app's database: the engine, the cached key store, the ledger writer (None when SLUICE_LEDGER=false)."""
 
     def __init__(self, engine: Engine, keys: CachedKeyStore, writer: BatchWriter | None,
-                 retention_days: int = 0) -> None:
+                 retention_days: int = 0, writer_engine: Engine | None = None) -> None:
         self.engine = engine
+        self.writer_engine = writer_engine or engine  # SQLite: shorter lock waits (database.py)
         self.keys = keys
         self.writer = writer
         self.retention_days = retention_days
@@ -76,7 +77,7 @@ class Ledger:
         self._pruned_at = time.monotonic()
         cutoff = utcnow() - timedelta(days=self.retention_days)
         try:
-            removed = run_io(self.engine, queries.prune, self.engine, cutoff)
+            removed = queries.prune(self.writer_engine, cutoff)
         except SQLAlchemyError as exc:
             log.warning("ledger retention: pruning failed (%s); retrying later", type(exc).__name__)
             return
@@ -95,12 +96,15 @@ def init_app(app: Flask) -> None:
     """Connect to the database and set up this worker's key cache and ledger writer."""
     from app.access.shared_state import get_shared_state
 
-    engine = make_engine(database_url(app.config, app.instance_path))
+    url = database_url(app.config, app.instance_path)
+    engine = make_engine(url)
+    writer_engine = make_engine(url, busy_timeout=WRITER_BUSY_TIMEOUT) if engine.dialect.name == "sqlite" else engine
     client = get_shared_state(app).client
     keys = CachedKeyStore(DatabaseKeyStore(engine, publisher=client), subscriber=client)
-    ledger = Ledger(engine, keys, None, app.config["USAGE_RETENTION_DAYS"])
+    ledger = Ledger(engine, keys, None, app.config["USAGE_RETENTION_DAYS"], writer_engine)
     if app.config["LEDGER"]:
-        ledger.writer = BatchWriter(engine, max_buffered=app.config["LEDGER_BUFFER"], maintenance=ledger.maintain)
+        ledger.writer = BatchWriter(writer_engine, max_buffered=app.config["LEDGER_BUFFER"],
+                                    maintenance=ledger.maintain)
     ledger.ensure_schema()
     app.extensions[EXTENSION] = ledger
     app.extensions[recorder.EXTENSION] = ledger.writer

@@ -7,18 +7,20 @@ psycopg 3, which cooperates with gevent once the worker is patched.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
-T = TypeVar("T")
 DEFAULT_FILE = "sluice.db"
 # Seconds a statement waits for another writer's lock (SQLite) or a connection (PostgreSQL).
 BUSY_TIMEOUT = 5
+# The batch writer's SQLite connections wait less: SQLite waits for a lock by sleeping, which
+# holds up every greenlet of the worker; a batch that finds the database locked is retried.
+WRITER_BUSY_TIMEOUT = 0.1
 # Seconds to open a PostgreSQL connection: a database that does not answer fails fast, so
 # the batch writer retries later instead of hanging.
 CONNECT_TIMEOUT = 3
@@ -46,7 +48,7 @@ def database_url(settings: Mapping[str, Any], instance_path: str | None = None) 
     return f"sqlite:///{os.path.join(instance_path or instance_folder(), DEFAULT_FILE)}"
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, busy_timeout: float = BUSY_TIMEOUT) -> Engine:
     """An engine for `url`: SQLite with WAL and a busy timeout, or PostgreSQL with short timeouts."""
     try:
         parsed = make_url(url)
@@ -55,11 +57,11 @@ def make_engine(url: str) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        # NullPool: a connection per use, closed after. The batch writer uses SQLite from a
-        # thread of its own; pooled connections would travel between threads.
+        # NullPool: a connection per use (opening a SQLite file costs microseconds), so that
+        # no connection is shared between greenlets.
         engine = create_engine(parsed, poolclass=NullPool,
-                               connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT})
-        event.listen(engine, "connect", _sqlite_pragmas)
+                               connect_args={"check_same_thread": False, "timeout": busy_timeout})
+        event.listen(engine, "connect", lambda dbapi_connection, _: _sqlite_pragmas(dbapi_connection, busy_timeout))
         return engine
     if parsed.get_backend_name() == "postgresql":
         return create_engine(parsed, pool_pre_ping=True, pool_size=2, max_overflow=4, pool_timeout=BUSY_TIMEOUT,
@@ -72,18 +74,10 @@ def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+def _sqlite_pragmas(dbapi_connection: Any, busy_timeout: float) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")  # persistent in the file; cheap to repeat
     cursor.execute("PRAGMA synchronous=NORMAL")  # WAL's recommended setting: durable at checkpoints
-    cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT * 1000}")
+    cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
     cursor.close()
 
-
-def run_io(engine: Engine, function: Callable[..., T], *args: Any) -> T:
-    """function(*args), in a thread of gevent's pool for SQLite (its calls would block every greenlet)."""
-    if is_sqlite(engine):
-        import gevent
-
-        return gevent.get_hub().threadpool.apply(function, args)  # type: ignore[no-any-return]
-    return function(*args)
