@@ -9,7 +9,7 @@ from app.access.keys import KeyRing
 from app.ledger import connect
 from app.ledger.database import make_engine
 from app.ledger.keystore import DatabaseKeyStore
-from app.ledger.tables import ledger
+from app.ledger.tables import ledger, utcnow
 
 _names = itertools.count()
 
@@ -50,3 +50,12 @@ def connect_url(url: str) -> str:
     from app.ledger.database import database_url
 
     return database_url({"DATABASE_URL": url})
+
+
+def row(**fields) -> dict:
+    """A ledger row with plausible values; `fields` override them."""
+    values = {"time": utcnow(), "request_id": "r", "key_name": "alice", "route": "/v1/completions",
+              "model": "m", "replica": None, "stream": False, "outcome": "completed", "error_code": None,
+              "status": 200, "prompt_tokens": 3, "completion_tokens": 5, "usage_reported": True,
+              "ttft_ms": None, "duration_ms": 1.0}
+    return {**values, **fields}
