@@ -138,8 +138,8 @@ def init_app(app: Flask) -> None:
     if not authenticator.required():
         exposed = config.exposed_binds(app.config)
         where = f"on {', '.join(exposed)} (SLUICE_ALLOW_UNAUTHENTICATED=true)" if exposed else "on loopback only"
-        log.warning("no API keys yet (none in the database; SLUICE_KEYS_FILE, SLUICE_REDIS_URL unset): serving "
-                    "WITHOUT authentication %s until `sluice keys create` makes one", where)
+        log.warning("no API keys configured (none in the database; SLUICE_KEYS_FILE, SLUICE_REDIS_URL unset): "
+                    "serving WITHOUT authentication, %s, until `sluice keys create` makes one", where)
     app.before_request(_authenticate)
 
 
