@@ -12,7 +12,7 @@ from app.ledger.tables import ledger, utcnow
 
 GROUPINGS = ("key", "model", "day", "route")
 PRUNE_BATCH = 1000  # rows deleted per statement: pruning never holds a large result or lock
-_DURATION = re.compile(r"(\d+)\s*([smhdw])")
+_DURATION = re.compile(r"(\d{1,9})\s*([smhdw])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
@@ -30,14 +30,20 @@ def parse_time(raw: str, param: str, now: datetime | None = None) -> datetime:
     text = raw.strip()
     match = _DURATION.fullmatch(text)
     if match:
-        return now - timedelta(seconds=int(match[1]) * _UNIT_SECONDS[match[2]])
+        try:
+            return now - timedelta(seconds=int(match[1]) * _UNIT_SECONDS[match[2]])
+        except OverflowError:
+            raise QueryError(f"{param}: {raw!r} reaches before the year 1", param) from None
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise QueryError(f"{param} must be a duration ago (7d, 12h, 30m) or an ISO date or date-time, "
                          f"got {raw!r}", param) from None
     if moment.tzinfo is not None:
-        moment = (moment - moment.utcoffset()).replace(tzinfo=None)  # type: ignore[operator]
+        try:
+            moment = (moment - moment.utcoffset()).replace(tzinfo=None)  # type: ignore[operator]
+        except OverflowError:
+            raise QueryError(f"{param}: {raw!r} is out of range", param) from None
     return moment
 
 
