@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint test-fast bench soak audit system-deps clean
+.PHONY: serve test lint test-fast bench fairness soak audit system-deps clean
 
 serve: $(STAMP)
 	$(BIN)/sluice serve
@@ -23,6 +23,10 @@ test-fast: $(STAMP)
 
 bench: $(STAMP) system-deps
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# Replica capacity shared by the fair queue against FIFO, on the simulator (docs/scaling.md). A few minutes.
+fairness: $(STAMP) system-deps
+	$(BIN)/python -m bench.fairness $(BENCH_ARGS)
 
 # 50,000 mixed requests through one worker: memory must settle, fds come back (docs/reliability.md).
 # Minutes, not seconds: not part of `make test`.

@@ -29,7 +29,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
 
     from app import ledger, upstream
     from app.access import admission, auth, limits, shared_state
-    from app.api import generate, health, metrics_endpoint, openai, usage, ws
+    from app.api import generate, health, metrics_endpoint, openai, pooling, responses, tokenize, usage, ws
     from app.api.docs import Api
     from app.observe import instrument, logs, request_id
     from app.relay import client_body, proxies
@@ -51,6 +51,9 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     api.register_blueprint(metrics_endpoint.blp)
     api.register_blueprint(generate.blp)
     api.register_blueprint(openai.blp)
+    api.register_blueprint(responses.blp)
+    api.register_blueprint(pooling.blp)
+    api.register_blueprint(tokenize.blp)
     api.register_blueprint(usage.blp)
     ws.init_app(app, api.spec)
     api.document_security(app)  # last: it amends the routes registered above

@@ -27,12 +27,7 @@ def _parse_bool(raw: str) -> bool:
     raise ValueError("expected true or false")
 
 
-_PARSERS: dict[type, Callable[[str], Any]] = {
-    str: str,
-    int: int,
-    float: float,
-    bool: _parse_bool,
-}
+_PARSERS: dict[type, Callable[[str], Any]] = {str: str, int: int, float: float, bool: _parse_bool}
 
 
 @dataclass(frozen=True)
@@ -105,6 +100,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Seconds a health check (background or /readyz) waits for a replica.",
             minimum=0.001),
     Setting("UPSTREAM_API_KEY", str, "", "Bearer token sent to the upstream, if it requires one."),
+    Setting("UPSTREAM_SCHEDULING_POLICY", str, "fcfs", "vLLM's --scheduling-policy on the UPSTREAM_URL replicas; "
+            "priority: each key's class is sent as vLLM's priority field.", choices=("fcfs", "priority")),
     Setting("MODEL", str, "",
             "Model (the upstream's name for it) used when a request names none. Empty: the upstream's first "
             "served model."),
@@ -145,9 +142,11 @@ SETTINGS: tuple[Setting, ...] = (
             "Model names clients use, mapped to the upstream's served names: comma-separated client=upstream "
             "pairs, e.g. gpt-4o-mini=smollm2,fast=smollm2. When set, only these names are accepted (others "
             "get 404) and /v1/models lists them; empty: names pass through and /v1/models lists the upstream's."),
-    Setting("UNKNOWN_FIELDS", str, "reject",
-            "Request fields of /v1/completions and /v1/chat/completions that Sluice does not know: reject "
-            "(422 naming them) or pass (forwarded to the upstream unchecked).", choices=("reject", "pass")),
+    Setting("UNKNOWN_FIELDS", str, "pass",
+            "Request fields of the OpenAI-compatible routes that Sluice does not know (vLLM's own, e.g. "
+            "structured_outputs, chat_template_kwargs): pass (forwarded upstream unchanged; known fields are "
+            "still checked) or reject (422 naming them). The native API always rejects them.",
+            choices=("pass", "reject")),
     Setting("WS_PING_INTERVAL", float, 25.0,
             "Seconds between pings on /v1/generate/ws, which keep idle connections open through proxies; a "
             "client that has not answered the previous ping is disconnected. 0 turns pings off.", minimum=0),
@@ -175,12 +174,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ENGINE_KVCACHE_GIB", int, 2, "GiB of memory for the engine's KV cache (VLLM_CPU_KVCACHE_SPACE).",
             minimum=1),
     Setting("ENGINE_PORT", int, 8100, "Loopback port of the embedded engine.", minimum=1, maximum=65535),
+    Setting("ENGINE_EMBEDDINGS", bool, True, "Also run an embedding engine (all-MiniLM-L6-v2, model `minilm`, "
+            "fetched once) for /v1/embeddings, /score and /rerank. 0: the chat model only.", minimum=None),
+    Setting("ENGINE_EMBEDDINGS_PORT", int, 8101, "Loopback port of the embedding engine.", minimum=1, maximum=65535),
     Setting("ENGINE_START_TIMEOUT", float, 900.0, "Seconds to wait for the engine's /health after a start.",
             minimum=1),
     Setting("ENGINE_MAX_RESTARTS", int, 5, "Restarts of a dead engine before `sluice serve` gives up.", minimum=0),
     Setting("ENGINE_STATE_FILE", str, "",
-            "JSON file where the engine supervisor records the engine's state; /readyz reports it. "
-            "Set by `sluice serve`."),
+            "JSON file(s), comma-separated, where the engine supervisors record their engines' states; /readyz "
+            "reports them. Set by `sluice serve`."),
     # --- access control and fairness (docs/security.md) ---
     Setting("KEYS_FILE", str, "",
             "JSON file of API keys (stored as SHA-256 hashes), written by `sluice keys`. Setting it, or "
@@ -226,6 +228,13 @@ SETTINGS: tuple[Setting, ...] = (
             "Requests a worker lets wait for a free generation slot; beyond that, 503 at once.", minimum=0),
     Setting("ADMISSION_TIMEOUT", float, 10.0, "Seconds a request waits for a free generation slot before 503.",
             minimum=0.001),
+    Setting("REPLICA_CAPACITY", int, 0, "Generations a replica runs at once through the gateway (upstreams file: "
+            "per replica); more wait in the fair queue. 0: no bound (docs/scaling.md).", minimum=0),
+    Setting("QUEUE_TIMEOUT", float, 30.0, "Seconds a request waits for replica capacity before 503.", minimum=0.001),
+    Setting("QUEUE_MAX", int, 1000, "Requests that may wait for replica capacity (all workers and hosts, with "
+            "Redis; else per worker); beyond that, 503 at once.", minimum=0),
+    Setting("QUEUE_POLICY", str, "fair", "Order in which waiting requests get replica capacity: fair (priority "
+            "classes, then keys by weight) or fifo.", choices=("fair", "fifo")),
 )
 
 SETTINGS_BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}

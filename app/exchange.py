@@ -28,6 +28,9 @@ COMPLETED = "completed"
 CLIENT_CANCELLED = "client_cancelled"
 UPSTREAM_ERROR = "upstream_error"
 REJECTED = "rejected"  # refused at admission (limits, a full gateway) before going upstream
+# What a request costs, for token limits: a generation its prompt and what it may generate,
+# a pooling request (embeddings, scores) its input, a tokenizer request nothing.
+GENERATION, INPUT_ONLY, NO_TOKENS = "generation", "input", "none"
 CLIENT_CLOSED_STATUS = 499  # nginx's code for "client closed the request"
 
 # A usage object inside a chunk's JSON (vLLM writes "usage": null in the others).
@@ -57,8 +60,13 @@ class Exchange:
     status: int = 200
     error_code: str | None = None
     duration: float = 0.0
+    work: str = GENERATION
     # What admission (app/access/admission.py) holds for this generation; given back when it finishes.
     admission: Any = field(default=None, repr=False, compare=False)
+    # Its slot of the replicas' capacity (app/access/replica_slots.py), likewise given back.
+    turn: Any = field(default=None, repr=False, compare=False)
+    # vLLM's `priority` for it (lower is served first), sent to replicas scheduling by priority.
+    vllm_priority: int | None = None
     # The usage ledger's writer of the app that opened it (app/ledger/recorder.py); None: no ledger.
     ledger: Any = field(default=None, repr=False, compare=False)
     usage_reported: bool = False  # the upstream sent its token counts (else they were counted from the stream)
@@ -70,13 +78,18 @@ class Exchange:
         """Take the upstream's token counts (a usage object), ignoring anything malformed."""
         if isinstance(usage, dict):
             self.usage_reported = True
-            self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-            self.completion_tokens = int(usage.get("completion_tokens") or 0)
+            # Chat, completions, embeddings and scores say prompt/completion; the Responses API input/output.
+            self.prompt_tokens = int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0)
+            self.completion_tokens = int(usage.get("completion_tokens") or usage.get("output_tokens") or 0)
 
     def saw_event(self, data: bytes) -> bool:
         """Note one upstream event's arrival; True when it carries the usage object."""
         self.arrivals.append(time.perf_counter())
         return _HAS_USAGE.search(data) is not None
+
+    def saw_token(self) -> None:
+        """Note the arrival of an event that carries generated text (streams whose other events do not)."""
+        self.arrivals.append(time.perf_counter())
 
     @contextmanager
     def waiting_upstream(self) -> Iterator[None]:

@@ -1,9 +1,12 @@
 """Marshmallow schemas of the OpenAI-compatible API: the fields vLLM accepts, checked before they go upstream.
 
-A field the schemas do not know is rejected (422 naming it) or passed through unchecked, as
-SLUICE_UNKNOWN_FIELDS says; objects inside a request (messages) follow the same rule.
-`null` means "not given", as in OpenAI's API. Tools, tool_choice and response_format are
-checked for shape only and passed through for the upstream to interpret.
+A field the schemas do not know goes upstream unchanged (vLLM takes many of its own:
+structured outputs, chat template switches, priorities...), or is rejected with a 422 naming
+it, as SLUICE_UNKNOWN_FIELDS says; objects inside a request (messages) follow the same rule.
+What the schemas know is checked either way: types, bounds, and what the limits read
+(model, prompt, messages, max_tokens). `null` means "not given", as in OpenAI's API.
+Tools, tool_choice, response_format and vLLM's structured outputs are checked for shape
+only and passed through for the upstream to interpret.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ MAX_LOGPROBS = 20  # vLLM's default --max-logprobs
 
 
 class OpenAISchema(Schema):
-    """Keeps fields it does not know while loading, and rejects them at validation unless set to pass."""
+    """Keeps fields it does not know while loading (they go upstream), and rejects them when set to reject."""
 
     class Meta:
         unknown = INCLUDE
@@ -163,6 +166,15 @@ class SamplingSchema(OpenAISchema):
     stop_token_ids = fields.List(fields.Integer())
     skip_special_tokens = fields.Boolean()
     include_stop_str_in_output = fields.Boolean()
+    # vLLM's own request fields that clients send most, typed here so that a wrong type is a
+    # 422 from Sluice; any other vLLM field goes upstream as it is (SLUICE_UNKNOWN_FIELDS=pass).
+    structured_outputs = fields.Dict(metadata={"description": "vLLM: choice, regex, json, grammar... "
+                                                              "the output must follow."})
+    priority = fields.Integer(metadata={"description": "vLLM: scheduling priority (lower runs first)."})
+    prompt_logprobs = fields.Integer(validate=validate.Range(min=-1))
+    truncate_prompt_tokens = fields.Integer(validate=validate.Range(min=-1))
+    vllm_xargs = fields.Dict(keys=fields.String())
+    cache_salt = fields.String(validate=validate.Length(min=1, max=1024))
 
     @validates_schema(skip_on_field_errors=True)
     def _stream_options_need_stream(self, data: dict[str, Any], **kwargs: Any) -> None:
@@ -209,6 +221,11 @@ class ChatCompletionRequestSchema(SamplingSchema):
     tool_choice = ToolChoiceField(metadata={"oneOf": [{"type": "string", "enum": list(TOOL_CHOICES)},
                                                       {"type": "object"}]})
     parallel_tool_calls = fields.Boolean()
+    # vLLM's chat template switches (e.g. {"enable_thinking": false}).
+    chat_template_kwargs = fields.Dict(keys=fields.String())
+    add_generation_prompt = fields.Boolean()
+    continue_final_message = fields.Boolean()
+    reasoning_effort = fields.String()
 
     @validates_schema(skip_on_field_errors=True)
     def _prompt_length(self, data: dict[str, Any], **kwargs: Any) -> None:

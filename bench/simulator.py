@@ -17,6 +17,8 @@ from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any
 
+from bench import simulator_routes
+
 try:  # uvloop is optional; the stdlib loop is fast enough for tests.
     import uvloop  # type: ignore[import-not-found]
 except ImportError:  # pragma: no cover - depends on the environment
@@ -83,6 +85,7 @@ class SimConfig:
     pause: float | None = None  # pause_mid_stream duration; None pauses until the client leaves
     backlog: int = 4096
     loop: str = "auto"  # "auto" (uvloop if importable), "uvloop" or "asyncio"
+    runner: str = "generate"  # as vLLM's --runner: "pooling" serves embeddings and scores, not generations
 
     def __post_init__(self) -> None:
         """Normalise and validate so that bad settings fail at construction time."""
@@ -97,6 +100,8 @@ class SimConfig:
             raise ValueError("max_num_seqs must be >= 1")
         if self.loop not in ("auto", "uvloop", "asyncio"):
             raise ValueError("loop must be auto, uvloop or asyncio")
+        if self.runner not in simulator_routes.RUNNERS:
+            raise ValueError(f"runner must be one of {', '.join(simulator_routes.RUNNERS)}")
         if self.loop == "uvloop" and uvloop is None:
             raise ValueError("loop=uvloop requested but uvloop is not installed")
 
@@ -618,6 +623,8 @@ class SimServer:
         """Route one request; returns whether the connection may be reused."""
         path, method = req.path, req.method
         close = not req.keep_alive
+        if method == "POST" and simulator_routes.handled_here(path, self.config.runner):
+            return await simulator_routes.answer(self, conn, req)
         if path == "/v1/completions" or path == "/v1/chat/completions":
             if method != "POST":
                 self._write_simple(conn, 405, {"detail": "Method Not Allowed"}, close)
@@ -639,6 +646,8 @@ class SimServer:
         elif path == "/metrics" and method == "GET":
             self._write_simple(conn, 200, self._metrics_text(), close,
                                content_type="text/plain; version=0.0.4; charset=utf-8")
+        elif path == "/openapi.json" and method == "GET":
+            self._write_simple(conn, 200, simulator_routes.openapi_document(self.config.runner), close)
         elif path == "/version" and method == "GET":
             self._write_simple(conn, 200, {"version": "0.0.0-sim"}, close)
         elif path == "/sim/stats" and method == "GET":
@@ -1166,12 +1175,14 @@ def _parse_args(argv: list[str] | None) -> SimConfig:
     p.add_argument("--backlog", type=int, default=4096)
     p.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto",
                    help="event loop; auto uses uvloop when it is importable")
+    p.add_argument("--runner", choices=simulator_routes.RUNNERS, default="generate",
+                   help="generate: chat, completions, responses; pooling: embeddings, score, rerank")
     a = p.parse_args(argv)
     models = a.models if a.models else a.model
     return SimConfig(host=a.host, port=a.port, models=models, ttft=a.ttft, itl=a.itl,
                      max_tokens_cap=a.max_tokens_cap, max_num_seqs=a.max_num_seqs,
                      max_model_len=a.max_model_len, fault=a.fault, pause=a.pause, backlog=a.backlog,
-                     loop=a.loop)
+                     loop=a.loop, runner=a.runner)
 
 
 def _close_loop(loop: asyncio.AbstractEventLoop) -> None:

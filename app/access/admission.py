@@ -19,12 +19,13 @@ from typing import Any, TypeVar
 from flask import Flask, Response, current_app, g, request
 from gevent.lock import BoundedSemaphore
 
+from app.access import replica_slots
 from app.access.auth import client_identity, key_limit
 from app.access.budgets import Budget, BudgetCounter, Budgets, Seed, budget_of
 from app.access.counters import Counters, MemoryCounters, RedisCounters
 from app.access.shared_state import SharedState, get_shared_state
 from app.errors import RateLimited, Unavailable
-from app.exchange import Exchange, finished
+from app.exchange import GENERATION, NO_TOKENS, Exchange, finished
 from app.ledger import EXTENSION as LEDGER_EXTENSION
 from app.ledger.tables import utcnow
 from app.observe import metrics
@@ -33,6 +34,11 @@ from app.relay.disconnect import cancel_on_disconnect
 EXTENSION = "sluice.admission"
 T = TypeVar("T")
 CHARS_PER_TOKEN = 4  # a rough, tokenizer-free estimate; settled to the upstream's count afterwards
+# The fields of a request that the model reads as input: the prompt of completions,
+# messages of chat, input and instructions of the Responses API and of embeddings, the
+# texts compared by /score and /rerank.
+PROMPT_FIELDS = ("prompt", "messages", "input", "instructions", "query", "documents", "queries", "items",
+                 "text_1", "text_2", "data_1", "data_2")
 
 
 class WorkerGate:
@@ -68,8 +74,8 @@ class WorkerGate:
 
 
 def prompt_estimate(payload: dict[str, Any]) -> int:
-    """Tokens in a completion's prompt or a chat's messages, estimated from their length."""
-    chars = _text_length(payload.get("prompt")) + _text_length(payload.get("messages"))
+    """Tokens in a request's input (prompt, messages, texts to embed or score), estimated from their length."""
+    chars = sum(_text_length(payload.get(name)) for name in PROMPT_FIELDS)
     return math.ceil(chars / CHARS_PER_TOKEN)
 
 
@@ -225,16 +231,17 @@ class Admitter:
 def admit(exchange: Exchange, payload: dict[str, Any]) -> None:
     """Admit this request's generation or refuse it (429, 503); it is released when `exchange` finishes."""
     admitter: Admitter = current_app.extensions[EXTENSION]
-    prompt = prompt_estimate(payload)
+    prompt = prompt_estimate(payload) if exchange.work != NO_TOKENS else 0
+    output = max_tokens(payload) if exchange.work == GENERATION else 0
     exchange.admission = g.admission = admitter.admit(
-        client_identity(), prompt=prompt, estimate=prompt + max_tokens(payload), tpm=key_limit("tpm"),
+        client_identity(), prompt=prompt, estimate=prompt + output, tpm=key_limit("tpm"),
         max_concurrent=key_limit("max_concurrent"), environ=request.environ,
         budget=budget_of(g.get("key_record"), utcnow()))
 
 
 def max_tokens(payload: dict[str, Any]) -> int:
     """The most a generation may produce: its max_tokens, else the largest any request may ask for."""
-    value = payload.get("max_tokens") or payload.get("max_completion_tokens")
+    value = payload.get("max_tokens") or payload.get("max_completion_tokens") or payload.get("max_output_tokens")
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return value
     return int(current_app.config["MAX_TOKENS_LIMIT"])
@@ -263,3 +270,4 @@ def init_app(app: Flask) -> None:
                                          slot_ttl=app.config["KEY_SLOT_TTL"],
                                          **({"budget_seed": ledger.tokens_since} if ledger is not None else {}))
     app.after_request(_token_headers)
+    replica_slots.init_app(app)  # the replicas' capacity and its fair queue: the next step of admission

@@ -8,6 +8,10 @@ if TYPE_CHECKING:
     from app.access.keys import KeyRecord
 
 BUDGET_PERIODS = ("day", "month")
+# The key's share when replica capacity is scarce (app/access/fair_queue.py): classes are strict
+# (a higher one is always admitted first), weights share capacity within a class.
+PRIORITIES = ("high", "normal", "low")
+MAX_WEIGHT = 1000
 
 
 class KeyStoreError(ValueError):
@@ -22,6 +26,14 @@ def check_budget(name: str, budget: Any, period: Any) -> None:
         raise KeyStoreError(f"key {name!r}: budget_tokens must be a whole number >= 0")
     if period not in BUDGET_PERIODS:
         raise KeyStoreError(f"key {name!r}: a budget needs a budget_period of {' or '.join(BUDGET_PERIODS)}")
+
+
+def check_share(weight: Any, priority: Any, where: str) -> None:
+    """KeyStoreError unless `weight` is a whole number from 1 to MAX_WEIGHT and `priority` one of PRIORITIES."""
+    if isinstance(weight, bool) or not isinstance(weight, int) or not 1 <= weight <= MAX_WEIGHT:
+        raise KeyStoreError(f"{where}: weight must be a whole number from 1 to {MAX_WEIGHT}, not {weight!r}")
+    if priority not in PRIORITIES:
+        raise KeyStoreError(f"{where}: priority must be one of {', '.join(PRIORITIES)}, not {priority!r}")
 
 
 class KeyStore(Protocol):

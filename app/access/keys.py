@@ -23,12 +23,12 @@ from typing import Any
 
 import redis
 
-from app.access.key_store import BUDGET_PERIODS, KeyStore, KeyStoreError, check_budget
+from app.access.key_store import KeyStore, KeyStoreError, check_budget, check_share
 
 KEY_PREFIX = "sluice-"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 LIMIT_FIELDS = ("rpm", "tpm", "max_concurrent")
-__all__ = ["BUDGET_PERIODS", "KeyStore", "KeyStoreError", "check_budget"]  # re-exported: they used to live here
+__all__ = ["KeyStoreError"]  # re-exported: it used to live here
 
 
 def new_key() -> str:
@@ -56,6 +56,8 @@ class KeyRecord:
     max_concurrent: int | None = None
     revoked: bool = False
     created: str = ""
+    weight: int = 1
+    priority: str = "normal"
     # Total tokens (prompt + completion) the key may use per budget_period (UTC day or month);
     # None: no budget. admin: may read everyone's usage (GET /v1/usage).
     budget_tokens: int | None = None
@@ -77,22 +79,25 @@ class KeyRecord:
         limits = {f: data.get(f) for f in LIMIT_FIELDS}
         if any(v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0) for v in limits.values()):
             raise KeyStoreError(f"key {data['name']!r}: rpm, tpm and max_concurrent must be whole numbers >= 0")
+        weight, priority = data.get("weight", 1), data.get("priority", "normal")
+        check_share(weight, priority, f"key {data['name']!r}")
         budget, period = data.get("budget_tokens"), data.get("budget_period")
         check_budget(data["name"], budget, period)
         return cls(name=data["name"], sha256=data["sha256"], revoked=bool(data.get("revoked", False)),
-                   created=str(data.get("created", "")), budget_tokens=budget,
+                   created=str(data.get("created", "")), weight=weight, priority=priority, budget_tokens=budget,
                    budget_period=period if budget is not None else None, admin=bool(data.get("admin", False)),
                    **limits)
 
 
 def new_record(name: str, key: str, *, rpm: int | None = None, tpm: int | None = None,
                max_concurrent: int | None = None, **extra: Any) -> KeyRecord:
-    """The record of a new key under `name`; `extra`: other KeyRecord fields (budget, admin, ...)."""
+    """The record of a new key under `name`; `extra`: other KeyRecord fields (weight, priority, budget, admin)."""
     if not NAME_PATTERN.fullmatch(name):
         raise KeyStoreError(f"invalid key name {name!r}: 1 to 64 letters, digits, '.', '_' or '-', "
                             "starting with a letter or digit")
-    created = datetime.now(UTC).isoformat(timespec="seconds")
+    check_share(extra.get("weight", 1), extra.get("priority", "normal"), f"key {name!r}")
     check_budget(name, extra.get("budget_tokens"), extra.get("budget_period"))
+    created = datetime.now(UTC).isoformat(timespec="seconds")
     return KeyRecord(name=name, sha256=hash_key(key), rpm=rpm, tpm=tpm, max_concurrent=max_concurrent,
                      created=created, **extra)
 
@@ -237,10 +242,7 @@ class RedisKeyStore:
 
 
 class KeyRing:
-    """The key stores configured: the keys file, the database, and Redis (read only: keys from before the database).
-
-    New keys go to the keys file when one is set (a single host), else to the database.
-    """
+    """The key stores: the keys file and the database (new keys go to the file when set), and Redis (read only)."""
 
     def __init__(self, file: FileKeyStore | None, redis_store: RedisKeyStore | None,
                  database: KeyStore | None = None) -> None:
@@ -269,7 +271,7 @@ class KeyRing:
 
     def create(self, name: str, *, rpm: int | None = None, tpm: int | None = None,
                max_concurrent: int | None = None, **extra: Any) -> tuple[str, KeyRecord]:
-        """Make a key named `name` (unique across stores); returns the key, which is stored nowhere."""
+        """Make a key named `name` (unique across stores; `extra`: the record's other fields); returns the key."""
         home = self.home
         if any(record.name == name for _, record in self.records()):
             raise KeyStoreError(f"a key named {name!r} already exists")
@@ -285,11 +287,8 @@ class KeyRing:
     def update(self, name: str, **changes: Any) -> KeyRecord | None:
         """Change fields of `name` in the store that holds it (not Redis: import its keys first)."""
         check_budget(name, changes.get("budget_tokens"), changes.get("budget_period", "day"))
-        for store in (self.file, self.database):
-            record = store.update(name, **changes) if store is not None else None
-            if record is not None:
-                return record
-        return None
+        changed = [store.update(name, **changes) for store in (self.file, self.database) if store is not None]
+        return next((record for record in changed if record is not None), None)
 
     def records(self) -> list[tuple[str, KeyRecord]]:
         """(store kind, record) for every key, revoked ones included."""

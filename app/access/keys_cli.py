@@ -16,7 +16,8 @@ from typing import Any
 import redis
 
 from app import config
-from app.access.keys import BUDGET_PERIODS, LIMIT_FIELDS, KeyRing, KeyStoreError
+from app.access.key_store import BUDGET_PERIODS, MAX_WEIGHT, PRIORITIES
+from app.access.keys import LIMIT_FIELDS, KeyRing, KeyStoreError
 from app.access.shared_state import connect
 
 
@@ -33,6 +34,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="tokens per SLUICE_TOKEN_WINDOW seconds (default: SLUICE_DEFAULT_TPM; 0: none)")
     create.add_argument("--max-concurrent", type=_limit,
                         help="generations in flight at once (default: SLUICE_DEFAULT_MAX_CONCURRENT; 0: none)")
+    create.add_argument("--weight", type=_weight, default=1,
+                        help=f"share of replica capacity when it is scarce, relative to other keys (1 to {MAX_WEIGHT})")
+    create.add_argument("--priority", choices=PRIORITIES, default="normal",
+                        help="class when replica capacity is scarce: a higher class is always admitted first")
     _budget_options(create)
     create.add_argument("--admin", action="store_true", help="may read everyone's usage (GET /v1/usage)")
     create.set_defaults(func=create_key)
@@ -41,6 +46,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     change.add_argument("name")
     for option in ("--rpm", "--tpm", "--max-concurrent"):
         change.add_argument(option, type=_limit, help="new value (0: none)")
+    change.add_argument("--weight", type=_weight, help=f"new share of scarce replica capacity (1 to {MAX_WEIGHT})")
+    change.add_argument("--priority", choices=PRIORITIES, help="new class when replica capacity is scarce")
     _budget_options(change)
     change.add_argument("--no-budget", action="store_true", help="remove the key's budget")
     change.add_argument("--admin", action=argparse.BooleanOptionalAction, help="grant or withdraw the admin right")
@@ -60,7 +67,7 @@ def create_key(args: argparse.Namespace) -> int:
     """Print a new key on stdout (alone, for scripts); what was done on stderr."""
     def create(ring: KeyRing) -> int:
         key, record = ring.create(args.name, rpm=args.rpm, tpm=args.tpm, max_concurrent=args.max_concurrent,
-                                  admin=args.admin, **_budget(args))
+                                  weight=args.weight, priority=args.priority, admin=args.admin, **_budget(args))
         print(key)
         print(f"created key {record.name!r} in {ring.home.kind}; store it now, it is not shown again",
               file=sys.stderr)
@@ -71,13 +78,14 @@ def create_key(args: argparse.Namespace) -> int:
 def list_keys(args: argparse.Namespace) -> int:
     """A table of every key: name, store, limits, state."""
     def show(ring: KeyRing) -> int:
-        rows: list[tuple[str, ...]] = [("NAME", "STORE", "RPM", "TPM", "MAX_CONCURRENT", "STATE", "CREATED", "BUDGET",
-                                        "ADMIN")]
+        rows: list[tuple[str, ...]] = [("NAME", "STORE", "RPM", "TPM", "MAX_CONCURRENT", "WEIGHT", "PRIORITY", "STATE",
+                                        "CREATED", "BUDGET", "ADMIN")]
         for kind, record in ring.records():
             limits = tuple("default" if getattr(record, f) is None else str(getattr(record, f)) for f in LIMIT_FIELDS)
             budget = "none" if record.budget_tokens is None else f"{record.budget_tokens}/{record.budget_period}"
-            rows.append((record.name, kind, *limits, "revoked" if record.revoked else "active", record.created,
-                         budget, "yes" if record.admin else "no"))
+            rows.append((record.name, kind, *limits, str(record.weight), record.priority,
+                         "revoked" if record.revoked else "active", record.created, budget,
+                         "yes" if record.admin else "no"))
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         for row in rows:
             print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
@@ -98,7 +106,8 @@ def revoke_key(args: argparse.Namespace) -> int:
 
 def update_key(args: argparse.Namespace) -> int:
     """Change the fields given on the command line; the others stay."""
-    changes = {field: getattr(args, field) for field in (*LIMIT_FIELDS, "admin") if getattr(args, field) is not None}
+    fields = (*LIMIT_FIELDS, "weight", "priority", "admin")
+    changes = {field: getattr(args, field) for field in fields if getattr(args, field) is not None}
     changes.update(_budget(args))
     if args.no_budget:
         changes.update(budget_tokens=None, budget_period=None)
@@ -166,6 +175,16 @@ def _budget(args: argparse.Namespace) -> dict[str, Any]:
     elif args.budget_period is not None:
         budget["budget_period"] = args.budget_period
     return budget
+
+
+def _weight(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_WEIGHT:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 1 to {MAX_WEIGHT}, got {raw!r}")
+    return value
 
 
 def _limit(raw: str) -> int:

@@ -22,7 +22,8 @@ ASSETS_URL = "/docs/assets/"
 _DESCRIPTION = (
     "Text generation in front of vLLM (or any OpenAI-compatible server). Every error has one shape, "
     "`{\"error\": {\"message\", \"type\", \"param\", \"code\"}}`. Streams are Server-Sent Events "
-    "that always end with `data: [DONE]`; an error after the first byte is sent as an error event. "
+    "that always end with `data: [DONE]` (the Responses API's named events end with `response.completed`, "
+    "as vLLM's do); an error after the first byte is sent as an error event. "
     "Every response carries `X-Request-ID` (yours when well-formed, else a new one)."
 )
 SETTINGS = {

@@ -20,10 +20,14 @@ from app.upstream.replicas import SERVING
 blp = Blueprint("health", __name__, description="Liveness and readiness probes.")
 
 
-def engine_problem(state_file: str) -> str | None:
-    """Why the embedded engine cannot serve, from its supervisor's state file; None when running."""
-    if not state_file:
-        return None
+def engine_problem(state_files: str) -> str | None:
+    """Why an embedded engine cannot serve, from the supervisors' state files (comma-separated); None when all run."""
+    problems = [problem for path in state_files.split(",") if path.strip()
+                if (problem := _one_engine_problem(path.strip())) is not None]
+    return "; ".join(problems) or None
+
+
+def _one_engine_problem(state_file: str) -> str | None:
     try:
         with open(state_file, encoding="utf-8") as f:
             state: dict[str, Any] = json.load(f)

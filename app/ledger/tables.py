@@ -22,8 +22,8 @@ api_keys = Table(
     Column("rpm", Integer),
     Column("tpm", Integer),
     Column("max_concurrent", Integer),
-    Column("weight", Float),  # the fair queue's share (None: the default)
-    Column("priority", Integer),
+    Column("weight", Integer, nullable=False, server_default="1"),  # share of scarce replica capacity
+    Column("priority", String(8), nullable=False, server_default="normal"),  # its class: high, normal, low
     Column("budget_tokens", BigInteger),  # prompt + completion tokens per budget period; None: no budget
     Column("budget_period", String(8)),  # "day" or "month" (UTC)
     Column("admin", Boolean, nullable=False, server_default=false()),

@@ -23,6 +23,7 @@ REJECTION_REASONS = ("auth", "rate", "tokens", "concurrency", "budget", "overloa
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _TOKEN_GAP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2.5)
+_QUEUE_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
 
 REQUESTS = Counter("sluice_requests_total", "HTTP requests answered, by route, method, status and key name.",
@@ -48,6 +49,13 @@ IN_FLIGHT = Gauge("sluice_generations_in_flight", "Generations sent upstream and
                   multiprocess_mode="livesum")
 WAITING = Gauge("sluice_requests_waiting", "Requests waiting for admission (a free generation slot).",
                 multiprocess_mode="livesum")
+QUEUE_WAITING = Gauge("sluice_queue_waiting_requests", "Requests waiting for replica capacity, by key name and "
+                      "priority class.", ["key_name", "priority"], multiprocess_mode="livesum")
+QUEUE_WAIT = Histogram("sluice_queue_wait_seconds", "Time a generation waited for replica capacity (0 when it was "
+                       "free), by priority class and outcome (admitted, timeout, full, left).", ["priority", "outcome"],
+                       buckets=_QUEUE_BUCKETS)
+QUEUE_ADMITTED = Counter("sluice_queue_admitted_total", "Generations given replica capacity, by key name.",
+                         ["key_name"])
 REJECTIONS = Counter("sluice_rejections_total", "Requests refused before reaching a model, by reason.",
                      ["reason", "route"])
 UPSTREAM_ERRORS = Counter("sluice_upstream_errors_total", "Generations that failed upstream, by error kind "
@@ -108,6 +116,17 @@ def waiting() -> Iterator[None]:
         yield
     finally:
         WAITING.dec()
+
+
+@contextmanager
+def queued(key_name: str | None, priority: str) -> Iterator[None]:
+    """Count the current request as waiting for replica capacity while inside this block."""
+    gauge = QUEUE_WAITING.labels(key_label(key_name), priority)
+    gauge.inc()
+    try:
+        yield
+    finally:
+        gauge.dec()
 
 
 def set_replica_up(replica: str, up: bool) -> None:

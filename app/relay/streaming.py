@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import requests
@@ -36,14 +37,14 @@ class UpstreamBody(Protocol):
 
 
 def relay_response(upstream: UpstreamBody, environ: dict[str, Any], transform: EventTransform,
-                   exchange: Exchange) -> Response:
+                   exchange: Exchange, stream_format: StreamFormat | None = None) -> Response:
     """A text/event-stream response relaying `upstream`, which the caller has opened.
 
     Opening happens before this, in the view, so that failures before the first byte are
     ordinary HTTP errors; from here on they are error events. gunicorn sends each yielded
     piece at once.
     """
-    response = Response(relay(upstream, environ, transform, exchange), mimetype="text/event-stream",
+    response = Response(relay(upstream, environ, transform, exchange, stream_format), mimetype="text/event-stream",
                         headers=SSE_HEADERS)
     # A generator that never started ignores close(): close the upstream here too.
     response.call_on_close(upstream.close)
@@ -52,19 +53,21 @@ def relay_response(upstream: UpstreamBody, environ: dict[str, Any], transform: E
 
 
 def relay(response: UpstreamBody, environ: dict[str, Any], transform: EventTransform,
-          exchange: Exchange) -> Iterator[bytes]:
+          exchange: Exchange, stream_format: StreamFormat | None = None) -> Iterator[bytes]:
     """Yield the client's SSE bytes for each upstream event; the upstream is closed when done."""
+    framing = stream_format or DATA_EVENTS
     try:
         with failures_recorded(exchange), cancel_on_disconnect(environ) as guard:
-            for data in upstream_events(response, exchange):
+            for data in framing.events(response, exchange):
                 out = transform(data)
                 if out:
                     with guard.writing_to_client():
                         yield out
         exchange.finish(COMPLETED)
-        yield DONE
+        if framing.ending:
+            yield framing.ending
     except ApiError as exc:
-        yield exc.sse_event()
+        yield framing.error_event(exc)
     except ClientCancelled:
         pass
     finally:
@@ -94,3 +97,16 @@ def _usage_of(data: bytes) -> Any:
         return json.loads(data).get("usage")
     except (ValueError, AttributeError):
         return None  # the transform reports the malformed event
+
+
+@dataclass(frozen=True)
+class StreamFormat:
+    """How a kind of stream is read from the upstream and ended for the client."""
+
+    events: Callable[[UpstreamBody, Exchange], Iterator[bytes]]  # each upstream event, for the transform
+    ending: bytes  # sent after the last event (nothing: b"")
+    error_event: Callable[[ApiError], bytes]  # a failure after the first byte, as the stream's last bytes
+
+
+# Chat and completions: `data:` events up to `data: [DONE]` (see app/relay/named_events.py for the other).
+DATA_EVENTS = StreamFormat(upstream_events, DONE, ApiError.sse_event)

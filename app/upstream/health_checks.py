@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import time
 from collections.abc import Sequence
 
 import gevent
@@ -18,12 +19,14 @@ from gevent import monkey
 from gevent.event import Event
 
 from app.errors import ApiError, UpstreamBadResponse
+from app.upstream import capabilities
 from app.upstream.load import parse_vllm_metrics
 from app.upstream.replicas import EJECTED, Client, Replica, observed
 
 log = logging.getLogger(__name__)
 
 JITTER = 0.2  # ±20 % on each interval, so that workers do not probe in step
+ROUTES_RETRY = 30.0  # seconds before a replica whose routes could not be read is asked again
 
 
 # Kinds whose /metrics carry vLLM's load gauges.
@@ -51,6 +54,28 @@ def discover_models(replica: Replica) -> None:
         log.warning("cannot list the models of %s: %s", replica.url, exc.message)
 
 
+def discover_routes(replica: Replica) -> None:
+    """Read which routes a vLLM replica serves (its runner decides: generation or pooling).
+
+    On failure they stay as they were (unknown: every route is tried), and are asked again
+    only after ROUTES_RETRY seconds: a replica without its OpenAPI document is not asked
+    every second.
+    """
+    try:
+        replica.routes = capabilities.served_routes(replica.client)
+    except ApiError as exc:
+        replica.routes_retry_at = time.monotonic() + ROUTES_RETRY
+        log.warning("cannot list the routes of %s (asked again in %g s): %s", replica.url, ROUTES_RETRY,
+                    exc.message)
+
+
+def _routes_due(replica: Replica, returning: bool) -> bool:
+    if replica.kind not in capabilities.DISCOVERED_KINDS:
+        return False
+    # Again on return: it may have been restarted with another model.
+    return returning or (replica.routes is None and time.monotonic() >= replica.routes_retry_at)
+
+
 def probe(replica: Replica) -> None:
     """One active check of a replica: alive, then its models if needed, then its load."""
     returning = replica.state == EJECTED
@@ -63,6 +88,8 @@ def probe(replica: Replica) -> None:
     replica.health_passed()
     if not replica.models_configured and (replica.models is None or (returning and replica.serving())):
         discover_models(replica)
+    if _routes_due(replica, returning):
+        discover_routes(replica)
     if replica.kind in SCRAPED_KINDS:
         try:
             replica.set_load(parse_vllm_metrics(replica.client.get_text("/metrics")))

@@ -18,7 +18,7 @@ import requests
 
 from app.errors import ApiError, NotFound, Unavailable, UpstreamBadResponse
 from app.exchange import Exchange
-from app.upstream import errors
+from app.upstream import capabilities, errors
 from app.upstream.health_checks import HealthChecker, check_all, discover_models
 from app.upstream.replicas import Replica
 from app.upstream.routing import Strategy, affinity_key
@@ -46,8 +46,11 @@ class Pool:
         self.configured_model = default_model
         self.health = HealthChecker(self.replicas, health_interval)
 
-    def replicas_for(self, model: str) -> list[Replica]:
-        """The replicas that serve `model`, whatever their state; 404 when there are none."""
+    def replicas_for(self, model: str, path: str | None = None) -> list[Replica]:
+        """The replicas that serve `model` (and the route `path`), whatever their state; 404 when there are none.
+
+        400 when replicas serve the model but not the route (an embedding sent to a chat model).
+        """
         serving_model = [r for r in self.replicas if r.serves(model)]
         if not serving_model:
             # A replica whose model list is not known yet may be the one: let it answer.
@@ -56,11 +59,16 @@ class Pool:
             served = sorted({m for r in self.replicas for m in r.models or ()})
             raise NotFound(f"Model {model!r} is not served here; served: {', '.join(served)}.",
                            param="model", code="model_not_found")
+        if path is not None:
+            answering = [r for r in serving_model if r.answers(path)]
+            if not answering:
+                raise capabilities.wrong_route(model, path, serving_model[0].routes)
+            return answering
         return serving_model
 
-    def candidates(self, model: str, key: str | None = None) -> list[Replica]:
-        """The replicas to try for `model`, best first; 404 when none serves it."""
-        serving_model = self.replicas_for(model)
+    def candidates(self, model: str, key: str | None = None, path: str | None = None) -> list[Replica]:
+        """The replicas to try for `model` on the route `path`, best first; 404 when none serves it."""
+        serving_model = self.replicas_for(model, path)
         available = [r for r in serving_model if r.serving()]
         if available:
             return self.strategy.order(available, key)
@@ -72,7 +80,7 @@ class Pool:
                            session_id: str | None = None) -> Lease:
         """Open the request on the best replica for it, failing over while the client has nothing yet."""
         key = affinity_key(payload, session_id, self.affinity_chars)
-        walk = _Failover(self.candidates(payload["model"], key), self.failover, path, payload, exchange, stream)
+        walk = _Failover(self.candidates(payload["model"], key, path), self.failover, path, payload, exchange, stream)
         return Lease(walk)
 
     def default_model(self) -> str:
@@ -146,8 +154,11 @@ class _Failover:
 
     def _open(self, replica: Replica) -> requests.Response:
         replica.acquire()
+        payload = self.payload
+        if replica.scheduling_policy == "priority" and self.exchange.vllm_priority is not None:
+            payload = {**payload, "priority": self.exchange.vllm_priority}  # the key's class, never the client's
         try:
-            response = replica.client.open(self.path, self.payload, request_id=self.exchange.request_id,
+            response = replica.client.open(self.path, payload, request_id=self.exchange.request_id,
                                            stream=self.stream)
         except ApiError as exc:
             replica.release()
@@ -155,6 +166,7 @@ class _Failover:
                 self.failed(replica, exc)
             else:
                 replica.record_success()  # it answered: the request was at fault
+                raise capabilities.explain_missing_route(exc, self.payload["model"], self.path) from None
             raise
         except BaseException:  # the client left (ClientDisconnected) or the worker is stopping
             replica.release()

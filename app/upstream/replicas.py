@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import requests
 from blinker import Namespace
 
+from app.upstream.capabilities import FIXED_ROUTES
 from app.upstream.load import Load
 from app.upstream.specs import ReplicaSpec
 
@@ -77,11 +78,15 @@ class Replica:
     def __init__(self, spec: ReplicaSpec, client: Client, policy: HealthPolicy,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.url, self.kind, self.weight = spec.url, spec.kind, spec.weight
+        self.scheduling_policy = spec.scheduling_policy
         self.client = client
         self.policy = policy
         self.clock = clock
         self.models: tuple[str, ...] | None = spec.models
         self.models_configured = spec.models is not None
+        # The POST routes it serves (None: not known yet, or not knowable: every route is tried).
+        self.routes: frozenset[str] | None = FIXED_ROUTES.get(spec.kind)
+        self.routes_retry_at = 0.0  # monotonic time before which unreadable routes are not asked again
         self.state = HEALTHY
         self.state_since = clock()
         self.ejected_until = 0.0
@@ -115,6 +120,10 @@ class Replica:
 
     def serves(self, model: str) -> bool:
         return self.models is not None and model in self.models
+
+    def answers(self, path: str) -> bool:
+        """False when it is known not to serve the route `path`."""
+        return self.routes is None or path in self.routes
 
     # --- load ---
 

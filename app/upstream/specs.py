@@ -8,6 +8,9 @@ The file is JSON, because a list of replicas does not fit one environment variab
     ]}
 
 `kind` defaults to vllm, `weight` to 1; without `models` the replica's /v1/models is asked.
+`capacity` (generations it runs at once through the gateway) defaults to
+SLUICE_REPLICA_CAPACITY; `scheduling_policy` to SLUICE_UPSTREAM_SCHEDULING_POLICY (a vLLM
+started with `--scheduling-policy priority` says "priority": it is then sent each key's class).
 """
 from __future__ import annotations
 
@@ -20,7 +23,8 @@ from urllib.parse import urlsplit
 from app.config import ConfigError
 
 KINDS = ("vllm", "openai", "ollama")  # the keys of app.upstream.CLIENT_KINDS
-_FIELDS = frozenset(("url", "kind", "weight", "models", "api_key"))
+_FIELDS = frozenset(("url", "kind", "weight", "models", "api_key", "capacity", "scheduling_policy"))
+SCHEDULING_POLICIES = ("fcfs", "priority")  # vLLM's --scheduling-policy
 _EXAMPLE = '{"upstreams": [{"url": "http://gpu1:8000", "kind": "vllm", "weight": 1, "models": ["my-model"]}]}'
 
 
@@ -33,6 +37,8 @@ class ReplicaSpec:
     weight: float = 1.0
     models: tuple[str, ...] | None = None  # None: ask the replica
     api_key: str | None = None  # None: SLUICE_UPSTREAM_API_KEY
+    capacity: int | None = None  # None: SLUICE_REPLICA_CAPACITY (0: no bound)
+    scheduling_policy: str = "fcfs"
 
 
 def load_specs(settings: Mapping[str, Any]) -> list[ReplicaSpec]:
@@ -43,7 +49,9 @@ def load_specs(settings: Mapping[str, Any]) -> list[ReplicaSpec]:
     if path:
         specs = _from_file(path)
     else:
-        specs = [ReplicaSpec(url=_check_url(url.strip(), "SLUICE_UPSTREAM_URL"), kind=settings["UPSTREAM_KIND"])
+        kind = settings["UPSTREAM_KIND"]
+        policy = settings["UPSTREAM_SCHEDULING_POLICY"] if kind == "vllm" else "fcfs"
+        specs = [ReplicaSpec(url=_check_url(url.strip(), "SLUICE_UPSTREAM_URL"), kind=kind, scheduling_policy=policy)
                  for url in urls.split(",") if url.strip()]
     seen: set[str] = set()
     for spec in specs:
@@ -88,8 +96,15 @@ def _spec(entry: Any, where: str) -> ReplicaSpec:
     api_key = entry.get("api_key")
     if api_key is not None and not isinstance(api_key, str):
         raise ConfigError(f"{where}: api_key must be a string")
+    capacity = entry.get("capacity")
+    if capacity is not None and (isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 0):
+        raise ConfigError(f"{where}: capacity must be a whole number >= 0 (0: no bound), not {capacity!r}")
+    policy = entry.get("scheduling_policy", "fcfs")
+    if policy not in SCHEDULING_POLICIES or (policy == "priority" and kind != "vllm"):
+        raise ConfigError(f"{where}: scheduling_policy must be fcfs, or priority for a vllm replica, not {policy!r}")
     return ReplicaSpec(url=_check_url(entry["url"], where), kind=kind, weight=float(weight),
-                       models=tuple(models) if models else None, api_key=api_key)
+                       models=tuple(models) if models else None, api_key=api_key, capacity=capacity,
+                       scheduling_policy=policy)
 
 
 def _check_url(url: str, where: str) -> str:

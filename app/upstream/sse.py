@@ -51,3 +51,31 @@ class SSEParser:
                 value = line[5:]
                 lines.append(value[1:] if value.startswith(b" ") else value)
         return b"\n".join(lines) if lines else None
+
+
+class EventBlockParser(SSEParser):
+    """Like SSEParser, but returns each event's whole block (its `event:` and `data:` lines), line ends as \\n.
+
+    For streams whose events are named (the Responses API): the name is part of what is relayed.
+    """
+
+    @staticmethod
+    def _event_data(block: bytes) -> bytes | None:
+        return block if b"data:" in block else None  # comments (`: ping`) carry nothing to relay
+
+
+def split_event(block: bytes) -> tuple[bytes, bytes]:
+    """An event block's name (b"" when it has none) and its joined data lines."""
+    name, data = b"", []
+    for line in block.split(b"\n"):
+        if line.startswith(b"event:"):
+            name = line[6:].strip()
+        elif line.startswith(b"data:"):
+            value = line[5:]
+            data.append(value[1:] if value.startswith(b" ") else value)
+    return name, b"\n".join(data)
+
+
+def named_event(name: bytes, data: bytes) -> bytes:
+    """Frame one named SSE event."""
+    return b"event: " + name + b"\ndata: " + data + b"\n\n"

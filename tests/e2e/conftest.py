@@ -1,4 +1,8 @@
-"""End-to-end fixtures: one real vLLM for the session (started by app/engine's code), real gunicorn in front.
+"""End-to-end fixtures: real vLLMs for the session (started by app/engine's code), real gunicorn in front.
+
+`engine` serves the chat model; `embedding_engine` (all-MiniLM-L6-v2 as `minilm`, pooling
+runner) starts only for the tests that use it, and `pair_gateway` stands in front of both,
+as `sluice serve` does.
 
 The engine's environment and model come from ENGINE_HOME (~/.cache/sluice) as for
 `sluice serve`: the first run installs them (about 7 minutes), later runs reuse them.
@@ -13,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from app import config
+from app.engine.embedding_model import ensure_embedding_model
 from app.engine.environment import ensure_environment
 from app.engine.layout import EngineLayout
 from app.engine.model import ensure_model
@@ -75,5 +80,28 @@ def gateway(engine: EngineProcess, engine_state: StateFile,
     log = tmp_path_factory.mktemp("gateway") / "gateway.log"
     server = Gateway({"SLUICE_UPSTREAM_URL": engine.spec.url,
                       "SLUICE_ENGINE_STATE_FILE": str(engine_state.path)}, log=log)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def embedding_engine(engine_settings: dict, engine_python: tuple[EngineLayout, Path, Path],
+                     tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineProcess]:
+    """The embedding engine `sluice serve` runs beside the chat model, on a free loopback port."""
+    layout, python, _ = engine_python
+    spec = EngineSpec.for_embeddings(engine_settings, python, ensure_embedding_model(layout, python),
+                                     port=free_port())
+    log = tmp_path_factory.mktemp("embedding-engine") / "engine.log"
+    process = start_engine(spec, log, engine_settings["ENGINE_START_TIMEOUT"])
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def pair_gateway(engine: EngineProcess, embedding_engine: EngineProcess,
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """Real gunicorn in front of both engines, as `sluice serve` runs it."""
+    log = tmp_path_factory.mktemp("pair-gateway") / "gateway.log"
+    server = Gateway({"SLUICE_UPSTREAM_URL": f"{engine.spec.url},{embedding_engine.spec.url}"}, log=log)
     yield server
     server.stop()

@@ -82,6 +82,7 @@ def test_serve_starts_restarts_and_stops_cleanly(tmp_path, engine_settings, engi
     gateway_url = f"http://127.0.0.1:{free_port()}"
     state_file = tmp_path / "engine-state.json"
     env = {**os.environ, "SLUICE_BIND": gateway_url[len("http://"):], "SLUICE_ENGINE_PORT": str(free_port()),
+           "SLUICE_ENGINE_EMBEDDINGS_PORT": str(free_port()), "SLUICE_ENGINE_EMBEDDINGS": "1",
            "SLUICE_WORKERS": "1", "SLUICE_ENGINE_STATE_FILE": str(state_file), "SLUICE_ENGINE_MAX_RESTARTS": "2"}
     env.pop("SLUICE_UPSTREAM_URL", None)
     log = tmp_path / "serve.log"
@@ -104,8 +105,15 @@ def test_serve_starts_restarts_and_stops_cleanly(tmp_path, engine_settings, engi
                                           check=True).stdout)
         assert reply["usage"]["completion_tokens"] == 32 and reply["text"]
 
+        # The embedding engine runs beside the chat model, behind the same gateway.
+        models = requests.get(gateway_url + "/v1/models", timeout=10).json()["data"]
+        assert sorted(m["id"] for m in models) == ["minilm", engine_settings["ENGINE_SERVED_MODEL_NAME"]]
+        embedded = requests.post(gateway_url + "/v1/embeddings", json={"model": "minilm", "input": "hello"}, timeout=60)
+        assert embedded.status_code == 200 and len(embedded.json()["data"][0]["embedding"]) == 384
+
         record = wait_for_state(state_file, lambda r: r.get("state") == "running", 10)
-        assert requests.get(gateway_url + "/readyz", timeout=10).status_code == 200
+        ready = requests.get(gateway_url + "/readyz", timeout=10)
+        assert ready.status_code == 200 and len(ready.json()["replicas"]) == 2
 
         # A dead engine: /readyz says why at once, the supervisor brings it back.
         os.kill(record["pid"], signal.SIGKILL)
@@ -120,7 +128,7 @@ def test_serve_starts_restarts_and_stops_cleanly(tmp_path, engine_settings, engi
         assert requests.post(gateway_url + "/v1/generate", json=body, timeout=120).status_code == 200
 
         family = descendants(serve.pid)
-        assert len(family) >= 4, family  # gunicorn master and worker, vLLM server and engine core at least
+        assert len(family) >= 6, family  # gunicorn master and worker, two vLLM servers and engine cores at least
         serve.send_signal(signal.SIGTERM)
         assert serve.wait(timeout=90) == 0, log.read_text()[-3000:]
         left = {pid for pid in family if _live(pid)}

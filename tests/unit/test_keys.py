@@ -104,3 +104,20 @@ def test_keys_file_is_json_people_can_read(tmp_path):
     assert {k: entry[k] for k in ("name", "rpm", "tpm", "max_concurrent", "revoked")} == {
         "name": "dora", "rpm": 60, "tpm": 1000, "max_concurrent": 4, "revoked": False}
     assert new_key() != new_key()
+
+
+def test_weight_and_priority_are_optional_fields_with_defaults(tmp_path):
+    ring = KeyRing(FileKeyStore(tmp_path / "keys.json"), None)
+    ring.create("batch", weight=1, priority="low")
+    ring.create("app", weight=3)
+    old = KeyRecord.from_json({"name": "old", "sha256": "0" * 64})  # written before these fields existed
+    shares = {r.name: (r.weight, r.priority) for _, r in ring.records()}
+    assert shares == {"batch": (1, "low"), "app": (3, "normal")}
+    assert (old.weight, old.priority) == (1, "normal")
+
+
+@pytest.mark.parametrize("field, value", [("weight", 0), ("weight", 1001), ("weight", "3"), ("weight", True),
+                                          ("priority", "urgent"), ("priority", None)])
+def test_bad_weight_or_priority_is_refused(field, value):
+    with pytest.raises(KeyStoreError, match=field):
+        KeyRecord.from_json({"name": "k", "sha256": "0" * 64, field: value})

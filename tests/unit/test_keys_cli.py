@@ -49,15 +49,16 @@ def test_create_prints_the_key_once_and_stores_its_hash(keys_file, capsys):
 def test_list_shows_names_and_limits_never_keys(keys_file, capsys):
     sluice("keys", "create", "--name", "alice", "--tpm", "1000")
     key = capsys.readouterr().out.strip()
-    sluice("keys", "create", "--name", "bob")
+    sluice("keys", "create", "--name", "bob", "--weight", "3", "--priority", "high")
     sluice("keys", "revoke", "bob")
     capsys.readouterr()
     assert sluice("keys", "list") == 0
     out = capsys.readouterr().out
     header, alice, bob = out.splitlines()
-    assert header.split() == ["NAME", "STORE", "RPM", "TPM", "MAX_CONCURRENT", "STATE", "CREATED", "BUDGET", "ADMIN"]
-    assert alice.split()[:6] == ["alice", "file", "default", "1000", "default", "active"]
-    assert bob.split()[:6] == ["bob", "file", "default", "default", "default", "revoked"]
+    assert header.split() == ["NAME", "STORE", "RPM", "TPM", "MAX_CONCURRENT", "WEIGHT", "PRIORITY", "STATE", "CREATED",
+                              "BUDGET", "ADMIN"]
+    assert alice.split()[:8] == ["alice", "file", "default", "1000", "default", "1", "normal", "active"]
+    assert bob.split()[:8] == ["bob", "file", "default", "default", "default", "3", "high", "revoked"]
     assert key not in out and hash_key(key) not in out
 
 
@@ -135,3 +136,12 @@ def test_unusable_database_is_one_clear_line(monkeypatch, capsys):
     monkeypatch.setenv("SLUICE_DATABASE_URL", "mysql://nowhere/x")
     assert sluice("keys", "create", "--name", "x") == 1
     assert "unsupported database 'mysql'" in capsys.readouterr().err
+
+
+
+@pytest.mark.parametrize("args, says", [(["--weight", "0"], "from 1 to 1000"), (["--weight", "x"], "from 1 to 1000"),
+                                        (["--priority", "urgent"], "invalid choice")])
+def test_weight_and_priority_are_checked(keys_file, capsys, args, says):
+    with pytest.raises(SystemExit):
+        sluice("keys", "create", "--name", "carol", *args)
+    assert says in capsys.readouterr().err

@@ -67,19 +67,25 @@ INVALID_CHAT = [
     ({"messages": [{"role": "user"}]}, "messages.0.content", "Missing data"),
     ({"messages": [{"role": "user", "content": 5}]}, "messages.0.content", "string or a list of content parts"),
     ({"messages": [{"role": "user", "content": [{"type": "text"}]}]}, "messages.0.content", "string `text`"),
-    ({"messages": [{"role": "user", "content": "x", "contnet": "y"}]}, "messages.0.contnet", "Unknown field"),
     ({"messages": USER, "max_tokens": 0}, "max_tokens", "greater than or equal to 1"),
     ({"messages": USER, "max_completion_tokens": 4097}, "max_completion_tokens", "at most 4096"),
     ({"messages": USER, "temperature": 2.5}, "temperature", "less than or equal to 2"),
     ({"messages": USER, "n": 0}, "n", "greater than or equal to 1"),
     ({"messages": USER, "top_logprobs": 21}, "top_logprobs", "less than or equal to 20"),
     ({"messages": USER, "stream_options": {"include_usage": True}}, "stream_options", "Only allowed when stream"),
-    ({"messages": USER, "stream": True, "stream_options": {"usage": True}}, "stream_options.usage", "Unknown"),
     ({"messages": USER, "response_format": {"type": "yaml"}}, "response_format", "`type` must be one of"),
     ({"messages": USER, "tools": [{"function": {}}]}, "tools", "string `type`"),
     ({"messages": USER, "tool_choice": "always"}, "tool_choice", "Must be one of none, auto, required"),
     ({"messages": [{"role": "user", "content": "x" * 32_001}]}, "messages", "at most 32000"),
-    ({"messages": USER, "temprature": 1}, "temprature", "Unknown field"),
+    ({"messages": USER, "structured_outputs": ["yes"]}, "structured_outputs", "Not a valid mapping"),
+    ({"messages": USER, "chat_template_kwargs": "thinking"}, "chat_template_kwargs", "Not a valid mapping"),
+    ({"messages": USER, "priority": "high"}, "priority", "Not a valid integer"),
+]
+# Rejected only with SLUICE_UNKNOWN_FIELDS=reject (by default they go upstream).
+UNKNOWN_CHAT = [
+    ({"messages": [{"role": "user", "content": "x", "contnet": "y"}]}, "messages.0.contnet"),
+    ({"messages": USER, "stream": True, "stream_options": {"usage": True}}, "stream_options.usage"),
+    ({"messages": USER, "temprature": 1}, "temprature"),
 ]
 
 
@@ -120,7 +126,6 @@ def test_completion_prompts_vllm_accepts(client, prompt):
     ({"prompt": [1, "a"]}, "prompt", "non-empty"),
     ({"prompt": "x" * 32_001}, "prompt", "at most 32000"),
     ({"prompt": "x", "logprobs": 21}, "logprobs", "less than or equal to 20"),
-    ({"prompt": "x", "messages": USER}, "messages", "Unknown field"),
 ])
 def test_invalid_completion_bodies(client, body, param, rule):
     reply = client.post("/v1/completions", json={"model": "sim-model", **body})
@@ -129,15 +134,25 @@ def test_invalid_completion_bodies(client, body, param, rule):
 
 
 @responses.activate
-def test_unknown_fields_pass_through_when_configured(make_app):
-    client = make_app(UNKNOWN_FIELDS="pass").test_client()
+def test_vllm_fields_pass_through_by_default(client):
     responses.post(CHAT_URL, json=CHAT_ANSWER)
-    body = {"model": "sim-model", "guided_choice": ["yes", "no"],
+    body = {"model": "sim-model", "structured_outputs": {"choice": ["yes", "no"]}, "priority": -1,
+            "chat_template_kwargs": {"enable_thinking": False}, "prompt_logprobs": 1, "vllm_xargs": {"a": 1},
+            "guided_choice": ["yes", "no"],
             "messages": [{"role": "user", "content": "x", "cache_control": {"type": "ephemeral"}}]}
     assert client.post("/v1/chat/completions", json=body).status_code == 200
     assert forwarded() == body
     assert client.post("/v1/chat/completions", json={**body, "temperature": 9}).status_code == 422, \
         "known fields are still checked"
+
+
+@pytest.mark.parametrize("body, param", UNKNOWN_CHAT)
+def test_unknown_fields_rejected_when_configured(make_app, body, param):
+    reply = make_app(UNKNOWN_FIELDS="reject").test_client().post("/v1/chat/completions",
+                                                                 json={"model": "sim-model", **body})
+    assert reply.status_code == 422
+    assert reply.json["error"]["param"] == param and "Unknown field (SLUICE_UNKNOWN_FIELDS=reject)" in \
+        reply.json["error"]["message"]
 
 
 # --- model names ---

@@ -385,3 +385,33 @@ def test_queue_limits_concurrency() -> None:
             _recv_until(sock, b"[DONE]")
             sock.close()
         assert s.wait_for(lambda st: st.completed == 4 and st.running == 0 and st.waiting == 0, timeout=1)
+
+
+def test_pooling_runner_serves_embeddings_and_scores_not_chat():
+    with SimulatorThread(SimConfig(port=0, models=("minilm",), runner="pooling")) as sim:
+        embedded = requests.post(sim.url + "/v1/embeddings", json={"model": "minilm", "input": ["a b", "c"]}, timeout=5)
+        assert [d["index"] for d in embedded.json()["data"]] == [0, 1]
+        assert embedded.json()["usage"]["prompt_tokens"] == 3
+        score = requests.post(sim.url + "/score", json={"text_1": "a", "text_2": ["a", "b"]}, timeout=5).json()
+        assert score["data"][0]["score"] == pytest.approx(1.0, abs=1e-4) and len(score["data"]) == 2
+        ranked = requests.post(sim.url + "/v2/rerank", json={"query": "a", "documents": ["b", "a"]}, timeout=5).json()
+        assert ranked["results"][0]["index"] == 1
+        chat = requests.post(sim.url + "/v1/chat/completions", json={"messages": []}, timeout=5)
+        assert chat.status_code == 404 and chat.json() == {"detail": "Not Found"}
+        assert "/v1/embeddings" in requests.get(sim.url + "/openapi.json", timeout=5).json()["paths"]
+
+
+def test_generate_runner_answers_responses_with_named_events_and_tokenizes():
+    with SimulatorThread(SimConfig(port=0)) as sim:
+        whole = requests.post(sim.url + "/v1/responses", json={"input": "hi there", "max_output_tokens": 3},
+                              timeout=5).json()
+        assert whole["usage"] == {"input_tokens": 2, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 3,
+                                  "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 5}
+        streamed = requests.post(sim.url + "/v1/responses", json={"input": "hi", "max_output_tokens": 2,
+                                                                  "stream": True}, timeout=5).text
+        names = [block.split("\n")[0] for block in streamed.strip().split("\n\n")]
+        assert names[0] == "event: response.created" and names[-1] == "event: response.completed"
+        assert names.count("event: response.output_text.delta") == 2 and "[DONE]" not in streamed
+        tokens = requests.post(sim.url + "/tokenize", json={"prompt": "héllo"}, timeout=5).json()["tokens"]
+        assert requests.post(sim.url + "/detokenize", json={"tokens": tokens}, timeout=5).json() == {"prompt": "héllo"}
+        assert requests.post(sim.url + "/v1/embeddings", json={"input": "x"}, timeout=5).status_code == 404

@@ -51,6 +51,11 @@ BAD_FILES = [
     ("models not a list", {"upstreams": [{"url": "http://a:1", "models": "m"}]}, "models must be a non-empty list"),
     ("misspelt field", {"upstreams": [{"url": "http://a:1", "model": ["m"]}]}, "unknown field"),
     ("twice the same", {"upstreams": [{"url": "http://a:1"}, {"url": "http://a:1/"}]}, "listed twice"),
+    ("negative capacity", {"upstreams": [{"url": "http://a:1", "capacity": -1}]}, "capacity must be a whole number"),
+    ("capacity not whole", {"upstreams": [{"url": "http://a:1", "capacity": 2.5}]}, "capacity must be a whole number"),
+    ("unknown scheduling", {"upstreams": [{"url": "http://a:1", "scheduling_policy": "lifo"}]}, "scheduling_policy"),
+    ("priority on openai", {"upstreams": [{"url": "http://a:1", "kind": "openai", "scheduling_policy": "priority"}]},
+     "priority for a vllm replica"),
 ]
 
 
@@ -81,3 +86,20 @@ def test_upstream_kind_applies_to_the_urls_of_upstream_url():
                       ).extensions["sluice.upstream"]
     assert [(r.url, r.kind, type(r.client).__name__) for r in pool.replicas] == [
         ("http://a:11434", "ollama", "OllamaClient"), ("http://b:11434", "ollama", "OllamaClient")]
+
+
+def test_capacity_and_scheduling_policy_per_replica(tmp_path):
+    path = write(tmp_path, {"upstreams": [
+        {"url": "http://gpu1:8000", "capacity": 64, "scheduling_policy": "priority"},
+        {"url": "http://gpu2:8000"},
+    ]})
+    first, second = load_specs(settings(UPSTREAMS_FILE=path))
+    assert (first.capacity, first.scheduling_policy) == (64, "priority")
+    assert (second.capacity, second.scheduling_policy) == (None, "fcfs")  # None: SLUICE_REPLICA_CAPACITY
+
+
+def test_scheduling_policy_of_upstream_url_applies_to_vllm_only():
+    vllm = load_specs(settings(UPSTREAM_URL="http://a:1", UPSTREAM_SCHEDULING_POLICY="priority"))
+    ollama = load_specs(settings(UPSTREAM_URL="http://a:1", UPSTREAM_KIND="ollama",
+                                 UPSTREAM_SCHEDULING_POLICY="priority"))
+    assert [s.scheduling_policy for s in vllm + ollama] == ["priority", "fcfs"]
