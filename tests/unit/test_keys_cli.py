@@ -87,11 +87,15 @@ def test_keys_go_to_the_database_when_no_keys_file_is_set(redis_server, redis_cl
 def test_update_changes_only_what_is_given(database, monkeypatch, capsys):
     monkeypatch.delenv("SLUICE_KEYS_FILE", raising=False)
     monkeypatch.delenv("SLUICE_REDIS_URL", raising=False)
-    sluice("keys", "create", "--name", "bob", "--rpm", "10", "--budget-tokens", "100")
+    sluice("keys", "create", "--name", "bob", "--rpm", "10", "--budget-tokens", "100", "--weight", "3",
+           "--priority", "high")
     key = capsys.readouterr().out.strip()
     assert sluice("keys", "update", "bob", "--budget-tokens", "900", "--budget-period", "day", "--admin") == 0
     record = database.lookup(hash_key(key))
     assert (record.rpm, record.budget_tokens, record.budget_period, record.admin) == (10, 900, "day", True)
+    assert (record.weight, record.priority) == (3, "high"), "the fair queue's share is kept in the database"
+    assert sluice("keys", "update", "bob", "--weight", "5", "--priority", "low") == 0
+    assert (database.lookup(hash_key(key)).weight, database.lookup(hash_key(key)).priority) == (5, "low")
     assert sluice("keys", "update", "bob", "--no-budget", "--no-admin") == 0
     record = database.lookup(hash_key(key))
     assert (record.budget_tokens, record.budget_period, record.admin) == (None, None, False)
