@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint test-fast bench fairness soak audit system-deps clean
+.PHONY: serve test lint test-fast bench fairness ledger-cost soak audit system-deps clean
 
 serve: $(STAMP)
 	$(BIN)/sluice serve
@@ -27,6 +27,10 @@ bench: $(STAMP) system-deps
 # Replica capacity shared by the fair queue against FIFO, on the simulator (docs/scaling.md). A few minutes.
 fairness: $(STAMP) system-deps
 	$(BIN)/python -m bench.fairness $(BENCH_ARGS)
+
+# The usage ledger's CPU cost per request: SLUICE_LEDGER off and on, rounds alternated (docs/usage.md).
+ledger-cost: $(STAMP) system-deps
+	$(BIN)/python -m bench.ledger_cost --rounds 4 --duration 6 --out docs/usage/ledger-cost.json $(BENCH_ARGS)
 
 # 50,000 mixed requests through one worker: memory must settle, fds come back (docs/reliability.md).
 # Minutes, not seconds: not part of `make test`.

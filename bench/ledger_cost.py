@@ -3,7 +3,8 @@
 One gevent worker in front of the simulator, SQLite ledger (the default), blocking
 completions at fixed concurrency; CPU of the gateway's processes per answered request.
 
-    python -m bench.ledger_cost [--rounds 3] [--duration 8] [--concurrency 16]
+    python -m bench.ledger_cost [--rounds 3] [--duration 8] [--concurrency 16] [--out FILE.json]
+    (make ledger-cost: into docs/usage/ledger-cost.json)
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=8.0)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--out", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="sluice-ledger-cost-"))
     simulator = Simulator(log=folder / "simulator.log")
@@ -51,7 +53,10 @@ def main() -> None:
                        "rps": statistics.median(r["rps"] for r in rounds), "rounds": rounds}
                for state, rounds in results.items()}
     summary["cpu_increase"] = summary["on"]["cpu_us_per_request"] / summary["off"]["cpu_us_per_request"] - 1
-    print(json.dumps(summary, indent=2))
+    text = json.dumps(summary, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
 
 
 if __name__ == "__main__":
