@@ -126,3 +126,12 @@ def test_sluice_usage_prints_json_csv_and_a_table(tmp_path, monkeypatch, capsys)
     assert capsys.readouterr().out.splitlines()[-1].split() == ["TOTAL", "2", "6", "10", "16"]
     assert main(["usage", "--since", "soon"]) == 2
     assert "since must be" in capsys.readouterr().err
+
+
+def test_sluice_config_masks_the_database_password(monkeypatch, capsys):
+    from app.cli import main
+
+    monkeypatch.setenv("SLUICE_DATABASE_URL", "postgresql://sluice:hunter2@db.internal/sluice")
+    assert main(["config"]) == 0
+    out = capsys.readouterr().out
+    assert "SLUICE_DATABASE_URL=***" in out and "hunter2" not in out
