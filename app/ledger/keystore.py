@@ -94,10 +94,10 @@ class DatabaseKeyStore:
 
     def version(self) -> tuple[int, int]:
         """(the key store's version, how many keys it holds): a change of either means caches are stale."""
+        statement = select(key_store_version.c.version, select(api_keys.c.name).exists())  # one round trip
         with self.engine.connect() as connection:
-            version = connection.execute(select(key_store_version.c.version)).scalar() or 0
-            count = connection.execute(select(api_keys.c.name).limit(1)).first() is not None
-        return int(version), int(count)
+            row = connection.execute(statement).first()
+        return (0, 0) if row is None else (int(row[0]), int(bool(row[1])))
 
     def _announce(self) -> None:
         if self.publisher is None:
