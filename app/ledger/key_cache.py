@@ -8,6 +8,7 @@ version twice a second. While the database is down, cached keys keep working.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import gevent
@@ -34,6 +35,7 @@ class CachedKeyStore:
         self.subscriber = subscriber
         self._cache: dict[str, KeyRecord | None] = {}
         self._seen: tuple[int, int] | None = None  # (version, any keys) at the last poll
+        self._tried_at = -POLL_SECONDS  # when the last poll began: a database that is away is not asked per request
         self._watcher: gevent.Greenlet | None = None
 
     def lookup(self, key_hash: str) -> KeyRecord | None:
@@ -55,12 +57,13 @@ class CachedKeyStore:
     def has_keys(self) -> bool:
         """Whether the database holds any key (True when it cannot tell: refuse rather than serve openly)."""
         self._ensure_watching()
-        if self._seen is None:
-            self.poll()
+        if self._seen is None and time.monotonic() - self._tried_at >= POLL_SECONDS:
+            self.poll()  # not known yet: ask now (the watcher keeps it fresh from then on)
         return self._seen is None or bool(self._seen[1])
 
     def poll(self) -> None:
         """Read the key store's version; a change empties the cache."""
+        self._tried_at = time.monotonic()
         try:
             seen = self.store.version()
         except SQLAlchemyError:

@@ -135,3 +135,23 @@ def test_sluice_config_masks_the_database_password(monkeypatch, capsys):
     assert main(["config"]) == 0
     out = capsys.readouterr().out
     assert "SLUICE_DATABASE_URL=***" in out and "hunter2" not in out
+
+
+def test_the_key_cache_serves_from_memory_until_the_key_store_changes(tmp_path):
+    from app.access.keys import KeyRing, hash_key
+    from app.ledger.key_cache import CachedKeyStore
+    from app.ledger.keystore import DatabaseKeyStore
+
+    url = f"sqlite:///{tmp_path / 'keys.db'}"
+    store = DatabaseKeyStore(connect({"DATABASE_URL": url}))
+    cache = CachedKeyStore(DatabaseKeyStore(make_engine(url)))
+    assert not cache.has_keys()
+    key, _ = KeyRing(None, None, store).create("carol")  # another process (the CLI) writes
+    assert cache.lookup(hash_key(key)) is None, "a miss is cached too, until the next poll"
+    cache.poll()
+    assert cache.has_keys() and cache.lookup(hash_key(key)).name == "carol"
+    store.revoke("carol")
+    assert not cache.lookup(hash_key(key)).revoked, "cached"
+    cache.poll()  # what the watcher does twice a second
+    assert cache.lookup(hash_key(key)).revoked
+    cache._watcher.kill()
