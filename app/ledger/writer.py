@@ -8,8 +8,8 @@ silently. A stopping worker flushes (`flush_all`).
 
 psycopg 3 yields to gevent while PostgreSQL works. SQLite's calls hold the worker for the
 insert (about 10 ms per 500 rows here), once per batch; its lock waits are cut short
-(database.WRITER_BUSY_TIMEOUT) and the batch retried. Not a thread: every row of an
-executemany hands the GIL back and forth with the request greenlets, which measured dearer.
+(database.WRITER_BUSY_TIMEOUT) and the batch retried. Not a thread: it measured no cheaper,
+and every row of an executemany hands the GIL back and forth with the request greenlets.
 """
 from __future__ import annotations
 
