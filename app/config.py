@@ -137,7 +137,7 @@ SETTINGS: tuple[Setting, ...] = (
             "Tokens are reserved for prompt + the larger of the two x max_tokens.", minimum=1),
     Setting("MAX_UPSTREAM_BODY_BYTES", int, 32 * MiB, "Largest blocking answer read from an upstream (its "
             "Content-Length); larger gets 502 upstream_body_too_large.", minimum=1),
-    Setting("MAX_SSE_EVENT_BYTES", int, 8 * MiB, "Largest single event of an upstream stream; larger ends the "
+    Setting("MAX_SSE_EVENT_BYTES", int, 32 * MiB, "Largest single event of an upstream stream; larger ends the "
             "stream with an upstream_event_too_large error event, then [DONE].", minimum=1),
     # --- compatible API, WebSocket, model names and upstream kinds ---
     Setting("UPSTREAM_KIND", str, "vllm",

@@ -9,7 +9,7 @@ raises EventTooLarge, so an upstream cannot make the gateway buffer without end.
 from __future__ import annotations
 
 # Large enough for any event vLLM sends; the gateway passes SLUICE_MAX_SSE_EVENT_BYTES.
-DEFAULT_MAX_EVENT_BYTES = 8 * 1024 * 1024
+DEFAULT_MAX_EVENT_BYTES = 32 * 1024 * 1024
 
 
 class EventTooLarge(ValueError):
