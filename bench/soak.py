@@ -1,11 +1,14 @@
 """Soak test: tens of thousands of mixed requests through one gunicorn worker, watching its memory
 and open file descriptors (`make soak`, or `python -m bench.soak --help`).
 
-The mix: blocking generations, streams, streams the client abandons after the first event
-(cancelled), and requests the gateway rejects (422, 415). The simulator is the upstream.
-It passes when every request got its expected answer, resident memory grew less than 5 %
-over the second half, and the worker's file descriptors are back to their starting count
-(kept-alive upstream connections, an fd each by design, are counted apart).
+The gateway runs as deployed with keys: API keys, request, token and concurrency limits, all
+in Redis. The mix: blocking generations, streams, streams the client abandons after the first
+event (cancelled), requests the gateway rejects (422, 415), requests without a valid key (401,
+refused before their body is read) and requests over a key's limits (429: a key with 1 token a
+window, and one with 1 request a minute, which passes once a minute). The simulator is the
+upstream. It passes when every request got its expected answer, resident memory grew less
+than 5 % over the second half, and the worker's file descriptors are back to their starting
+count (kept-alive upstream connections, an fd each by design, are counted apart).
 """
 from __future__ import annotations
 
@@ -20,12 +23,31 @@ from pathlib import Path
 
 import requests
 
-from bench.processes import Gateway, Simulator
+from app.access.keys import KeyRing, RedisKeyStore
+from bench.processes import Gateway, Redis, Simulator
 from bench.worker_probe import open_fds, rss_bytes, worker_pid
 
-# One cycle of 20 requests: 8 blocking, 8 streams, 2 abandoned streams, 2 rejected.
-CYCLE = ["blocking"] * 8 + ["stream"] * 8 + ["cancelled"] * 2 + ["invalid"] + ["wrong_type"]
+# One cycle of 24 requests: 8 blocking, 8 streams, 2 abandoned streams, 2 rejected, 1 without a
+# valid key, 3 over a key's limits.
+CYCLE = (["blocking"] * 8 + ["stream"] * 8 + ["cancelled"] * 2 + ["invalid", "wrong_type", "unauthorized"]
+         + ["over_tokens"] * 2 + ["over_requests"])
 MAX_RSS_GROWTH = 0.05
+
+
+@dataclass
+class Keys:
+    """The soak's API keys: one for the traffic (limits on, never reached), two to cross the 429s."""
+
+    traffic: str
+    one_token: str  # every generation is refused: it would use more than the window's 1 token
+    one_request: str  # one request a minute passes, the others are refused
+
+    @classmethod
+    def create(cls, ring: KeyRing, concurrency: int) -> Keys:
+        traffic, _ = ring.create("soak-traffic", rpm=10**7, tpm=10**9, max_concurrent=2 * concurrency)
+        one_token, _ = ring.create("soak-one-token", tpm=1)
+        one_request, _ = ring.create("soak-one-request", rpm=1)
+        return cls(traffic, one_token, one_request)
 
 
 @dataclass
@@ -42,13 +64,16 @@ class Sample:
 class Soak:
     """Drives the mix from `concurrency` client threads, each with its own kept-alive session."""
 
-    def __init__(self, gateway: Gateway, upstream_port: int, total: int, concurrency: int, deadline: float) -> None:
-        self.gateway, self.upstream_port = gateway, upstream_port
+    def __init__(self, gateway: Gateway, upstream_port: int, keys: Keys, total: int, concurrency: int,
+                 deadline: float) -> None:
+        self.gateway, self.upstream_port, self.keys = gateway, upstream_port, keys
         self.total, self.concurrency, self.deadline = total, concurrency, deadline
         self.worker = worker_pid(gateway.proc.pid)
         self.next_index = 0
         self.done = 0
         self.unexpected: list[str] = []
+        self.one_request_passed = 0  # the one-a-minute key's requests that passed (once a window)
+        self.started = time.monotonic()
         self.lock = threading.Lock()
 
     def take(self) -> int | None:
@@ -61,6 +86,7 @@ class Soak:
 
     def client(self) -> None:
         with requests.Session() as session:
+            session.headers["Authorization"] = f"Bearer {self.keys.traffic}"
             while (index := self.take()) is not None:
                 kind = CYCLE[index % len(CYCLE)]
                 try:
@@ -82,6 +108,23 @@ class Soak:
         if kind == "wrong_type":
             reply = session.post(url, data="prompt=hi", headers={"Content-Type": "text/plain"}, timeout=30)
             return None if reply.status_code == 415 else f"status {reply.status_code}"
+        if kind == "unauthorized":
+            reply = session.post(url, json=body, headers={"Authorization": "Bearer sluice-not-a-key"}, timeout=30)
+            return None if reply.status_code == 401 else f"status {reply.status_code}"
+        if kind == "over_tokens":
+            reply = session.post(url, json=body, headers={"Authorization": f"Bearer {self.keys.one_token}"},
+                                 timeout=30)
+            code = reply.json().get("error", {}).get("code") if reply.status_code == 429 else None
+            return None if code == "token_limit_exceeded" else f"status {reply.status_code}"
+        if kind == "over_requests":
+            reply = session.post(url, json=body, headers={"Authorization": f"Bearer {self.keys.one_request}"},
+                                 timeout=30)
+            if reply.status_code == 200:
+                with self.lock:
+                    self.one_request_passed += 1
+                    minutes = int((time.monotonic() - self.started) // 60) + 2  # windows this run can touch
+                    return None if self.one_request_passed <= minutes else "the one-a-minute key passed again"
+            return None if reply.status_code == 429 else f"status {reply.status_code}"
         if kind == "blocking":
             reply = session.post(url, json=body, timeout=30)
             return None if reply.status_code == 200 and reply.json()["text"] else f"status {reply.status_code}"
@@ -168,19 +211,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     logs = Path(tempfile.mkdtemp(prefix="sluice-soak-"))
+    redis = Redis(log=logs / "redis.log")
     sim = Simulator(log=logs / "simulator.log")
-    gateway = Gateway({"SLUICE_UPSTREAM_URL": sim.url, "SLUICE_MODEL": "sim-model", "SLUICE_LOG_LEVEL": "warning"},
-                      log=logs / "gateway.log")
+    gateway = Gateway({"SLUICE_UPSTREAM_URL": sim.url, "SLUICE_MODEL": "sim-model", "SLUICE_LOG_LEVEL": "warning",
+                       "SLUICE_REDIS_URL": redis.url}, log=logs / "gateway.log")
     try:
+        keys = Keys.create(KeyRing(None, RedisKeyStore(redis.client)), args.concurrency)
         deadline = time.monotonic() + args.max_seconds
         # The warm-up fills the upstream pool and the worker's caches; then the measured run.
-        start = Soak(gateway, sim.port, args.warmup, args.concurrency, deadline).run(args.sample_every)[-1]
-        soak = Soak(gateway, sim.port, args.requests, args.concurrency, deadline)
+        start = Soak(gateway, sim.port, keys, args.warmup, args.concurrency, deadline).run(args.sample_every)[-1]
+        soak = Soak(gateway, sim.port, keys, args.requests, args.concurrency, deadline)
         samples = soak.run(args.sample_every)
         report = verdict(samples, start, soak)
     finally:
         gateway.stop()
         sim.stop()
+        redis.stop()
     if args.samples:
         args.samples.write_text("".join(json.dumps(asdict(s)) + "\n" for s in samples))
     print(json.dumps(report, indent=2))

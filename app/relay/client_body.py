@@ -5,10 +5,11 @@ gunicorn bounds the wait for request headers (keepalive) but not for the body un
 workers; nginx in front buffers bodies itself, a gateway exposed directly needs this.
 
 The body is read only once the key and the request limit have let the request in (app/__init__.py
-orders the hooks so). A request refused before that gets its answer at once; then the connection
-is closed cleanly: the answer is followed by the end of our side, the rest of the body (within
-MAX_BODY_BYTES and CLIENT_BODY_TIMEOUT) is read and dropped, so that the client, still sending,
-reads the answer instead of a connection reset.
+orders the hooks so). A request refused before that gets its answer at once, and only then is
+the rest of its body read and dropped, a piece at a time (nothing is kept), within MAX_BODY_BYTES
+and CLIENT_BODY_TIMEOUT: the client, still sending, reads the answer instead of a connection
+reset, and its connection is ready for its next request. A body that does not fit those bounds
+gets the connection shut once the answer is out.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ DROP_CHUNK_BYTES = 64 * 1024
 def init_app(app: Flask) -> None:
     """Read every admitted request's body up front, within CLIENT_BODY_TIMEOUT; views then find it in memory."""
     app.before_request(read_body_in_time)
-    app.after_request(_close_after_refusal)
+    app.after_request(_drop_body_after_refusal)
 
 
 def read_body_in_time() -> None:
@@ -72,13 +73,13 @@ def _stop_reading(environ: dict[str, Any]) -> None:
             pass  # already gone
 
 
-def _close_after_refusal(response: Response) -> Response:
-    """A request answered before its body was read: close the connection once the answer is out."""
+def _drop_body_after_refusal(response: Response) -> Response:
+    """A request answered before its body was read: drop the body once the answer is out."""
     if g.get("sluice_body_read") or not _has_body():
         return response
     environ = request.environ
     limit, seconds = current_app.config["MAX_BODY_BYTES"], current_app.config["CLIENT_BODY_TIMEOUT"]
-    response.call_on_close(lambda: _drop_rest_and_close(environ, limit, seconds))
+    response.call_on_close(lambda: _drop_rest(environ, limit, seconds))
     return response
 
 
@@ -88,20 +89,20 @@ def _has_body() -> bool:
     return bool(request.content_length) or "chunked" in request.headers.get("Transfer-Encoding", "").lower()
 
 
-def _drop_rest_and_close(environ: dict[str, Any], limit: int, seconds: float) -> None:
-    """After the answer: end our side, read and drop what the client still sends (bounded), end reading."""
-    client_socket = environ.get("gunicorn.socket")
-    if client_socket is None:
-        return  # not under gunicorn (tests' client): nothing to close
-    try:
-        client_socket.shutdown(socket.SHUT_WR)  # the client sees the answer, then the end
-    except OSError:
-        return  # already gone
-    dropped = 0
+def _drop_rest(environ: dict[str, Any], limit: int, seconds: float) -> None:
+    """Read and drop the rest of a refused request's body; shut the connection if it does not fit the bounds."""
+    body = environ["wsgi.input"]
+    dropped, ended = 0, False
     with gevent.Timeout(seconds, False):
         try:
-            while dropped <= limit and (chunk := environ["wsgi.input"].read(DROP_CHUNK_BYTES)):
+            while dropped <= limit and (chunk := body.read(DROP_CHUNK_BYTES)):
                 dropped += len(chunk)
-        except Exception:  # noqa: BLE001 - a malformed or cut body: the connection closes all the same
+            ended = dropped <= limit
+        except Exception:  # noqa: BLE001 - a malformed or cut body: the connection is shut all the same
             pass
-    _stop_reading(environ)  # gunicorn sees the end and closes the connection
+    client_socket = environ.get("gunicorn.socket")
+    if not ended and client_socket is not None:
+        try:
+            client_socket.shutdown(socket.SHUT_RDWR)  # gunicorn sees the end and closes the connection
+        except OSError:
+            pass  # already gone
