@@ -24,6 +24,7 @@ from app.observe.request_id import current_request_id
 
 generation_log = logging.getLogger("app.generations")
 request_log = logging.getLogger("app.requests")
+SWITCHING_PROTOCOLS = 101  # what the client of a WebSocket got: its status in the request's line
 
 
 class JsonFormatter(logging.Formatter):
@@ -106,8 +107,17 @@ def _log_request_when_closed(response: Response) -> Response:
         request_log.info("%s %s %s", fields["method"], fields["route"], fields["status"],
                          extra={"fields": fields})
 
-    response.call_on_close(log_request)
+    if _served_websocket(response):
+        # Its view returns when the socket has closed, and gunicorn never closes this response.
+        fields["status"] = SWITCHING_PROTOCOLS
+        log_request()
+    else:
+        response.call_on_close(log_request)
     return response
+
+
+def _served_websocket(response: Response) -> bool:
+    return request.headers.get("Upgrade", "").lower() == "websocket" and response.status_code < 400
 
 
 def request_fields(response: Response) -> dict[str, Any]:

@@ -136,6 +136,13 @@ def test_websocket_generations_count_against_the_request_limit(gateway, ring):
         open_socket(gateway, key)
     assert refused.value.status_code == 429
 
+    def handshake_statuses() -> list[int]:
+        return sorted(line["status"] for line in json_lines(gateway) if line.get("event") == "request"
+                      and line["route"] == "/v1/generate/ws" and line["key_name"] == "three-a-minute")
+
+    wait_until(lambda: len(handshake_statuses()) == 2, 10, "a line for each handshake")
+    assert handshake_statuses() == [101, 429]
+
 
 def messages_until_close(ws: websocket.WebSocket) -> tuple[list[dict], int]:
     """The text messages received until the server's close frame, and that frame's code."""
