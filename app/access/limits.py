@@ -26,6 +26,7 @@ from limits.storage import MemoryStorage, RedisStorage, Storage
 from app.access.auth import client_identity, is_open_path, key_limit
 from app.access.shared_state import SharedState, get_shared_state
 from app.errors import ApiError, RateLimited, error_response
+from app.observe import metrics
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -108,6 +109,7 @@ def count_generation() -> None:
     limiter: Limiter = current_app.extensions[EXTENSION]
     item, bucket = _caller_bucket()
     if not limiter.limiter.hit(item, *bucket):
+        metrics.count_rejection("rate")  # an HTTP 429 is counted by its status; this one is a message
         raise _spent(item)
 
 
