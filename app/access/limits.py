@@ -12,6 +12,7 @@ Redis they are counted per worker process, and the gateway says so loudly at sta
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from functools import partial
@@ -118,7 +119,10 @@ def _refuse_spent_handshake() -> None:
         limiter: Limiter = current_app.extensions[EXTENSION]
         item, bucket = _caller_bucket()
         if not limiter.limiter.test(item, *bucket):
-            raise _spent(item)
+            error = _spent(item)
+            reset_at = limiter.limiter.get_window_stats(item, *bucket).reset_time
+            error.headers["Retry-After"] = str(max(1, math.ceil(reset_at - time.time())))
+            raise error
 
 
 def _rate_headers(limiter: Limiter, response: Response) -> Response:

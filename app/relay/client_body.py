@@ -98,7 +98,7 @@ def _drop_rest(environ: dict[str, Any], limit: int, seconds: float) -> None:
             while dropped <= limit and (chunk := body.read(DROP_CHUNK_BYTES)):
                 dropped += len(chunk)
             ended = dropped <= limit
-        except Exception:  # noqa: BLE001 - a malformed or cut body: the connection is shut all the same
+        except Exception:  # a malformed or cut body: the connection is shut all the same
             pass
     client_socket = environ.get("gunicorn.socket")
     if not ended and client_socket is not None:
