@@ -56,7 +56,7 @@ def readyz() -> dict[str, Any]:
     details = may_see_details()
     problem = engine_problem(current_app.config["ENGINE_STATE_FILE"])
     if problem:
-        raise Unavailable(problem if details else "The embedded engine is not running.", code="engine_not_ready")
+        raise Unavailable(problem if details else "An embedded engine is not running.", code="engine_not_ready")
     replicas = get_upstream().check_now()
     for replica in replicas:
         metrics.set_replica_up(replica["url"], replica["state"] in SERVING)
