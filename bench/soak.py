@@ -8,7 +8,7 @@ refused before their body is read) and requests over a key's limits (429: a key 
 window, and one with 1 request a minute, which passes once a minute). The simulator is the
 upstream. It passes when every request got its expected answer, resident memory grew less
 than 5 % over the second half, and the worker's file descriptors are back to their starting
-count (kept-alive upstream connections, an fd each by design, are counted apart).
+count (kept-alive upstream and Redis connections, an fd each by design, are counted apart).
 """
 from __future__ import annotations
 
@@ -59,14 +59,15 @@ class Sample:
     rss_bytes: int
     fds: int
     upstream_connections: int
+    redis_connections: int
 
 
 class Soak:
     """Drives the mix from `concurrency` client threads, each with its own kept-alive session."""
 
-    def __init__(self, gateway: Gateway, upstream_port: int, keys: Keys, total: int, concurrency: int,
-                 deadline: float) -> None:
-        self.gateway, self.upstream_port, self.keys = gateway, upstream_port, keys
+    def __init__(self, gateway: Gateway, upstream_port: int, redis_port: int, keys: Keys, total: int,
+                 concurrency: int, deadline: float) -> None:
+        self.gateway, self.upstream_port, self.redis_port, self.keys = gateway, upstream_port, redis_port, keys
         self.total, self.concurrency, self.deadline = total, concurrency, deadline
         self.worker = worker_pid(gateway.proc.pid)
         self.next_index = 0
@@ -141,7 +142,8 @@ class Soak:
         targets = open_fds(self.worker)
         return Sample(seconds=round(time.monotonic() - started, 1), requests_done=self.done,
                       rss_bytes=rss_bytes(self.worker), fds=len(targets),
-                      upstream_connections=upstream_connections(self.worker, targets, self.upstream_port))
+                      upstream_connections=connections_to(self.worker, targets, self.upstream_port),
+                      redis_connections=connections_to(self.worker, targets, self.redis_port))
 
     def run(self, sample_every: float) -> list[Sample]:
         """Send every request; sample the worker while they run and once more after they end."""
@@ -158,13 +160,13 @@ class Soak:
         return samples
 
 
-def upstream_connections(pid: int, fd_targets: list[str], upstream_port: int) -> int:
+def connections_to(pid: int, fd_targets: list[str], port: int) -> int:
     """How many of the worker's sockets are connections to the upstream (its kept-alive pool)."""
     inodes = {target[len("socket:["):-1] for target in fd_targets if target.startswith("socket:[")}
     count = 0
     for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()
-        if int(fields[2].split(":")[1], 16) == upstream_port and fields[9] in inodes:
+        if int(fields[2].split(":")[1], 16) == port and fields[9] in inodes:
             count += 1
     return count
 
@@ -174,14 +176,17 @@ def verdict(samples: list[Sample], start: Sample, soak: Soak) -> dict:
     half = min(samples, key=lambda s: abs(s.requests_done - soak.done / 2))
     end = samples[-1]
     growth = (end.rss_bytes - half.rss_bytes) / half.rss_bytes
-    own_fds_start = start.fds - start.upstream_connections
-    own_fds_end = end.fds - end.upstream_connections
+    own_fds_start = start.fds - start.upstream_connections - start.redis_connections
+    own_fds_end = end.fds - end.upstream_connections - end.redis_connections
     checks = {
         "all requests sent": soak.done >= soak.total,
         "every answer as expected": not soak.unexpected,
         "RSS growth in the second half < 5%": growth < MAX_RSS_GROWTH,
         "fds back to the starting count": own_fds_end <= own_fds_start,
         "upstream pool within the concurrency": end.upstream_connections <= soak.concurrency,
+        # Requests make their Redis calls one at a time, beside the fair queue's own: a leak would
+        # grow with the requests, far past this.
+        "Redis pool within twice the concurrency": end.redis_connections <= 2 * soak.concurrency,
     }
     return {
         "requests": soak.done, "unexpected": len(soak.unexpected), "examples": soak.unexpected[:5],
@@ -191,7 +196,8 @@ def verdict(samples: list[Sample], start: Sample, soak: Soak) -> dict:
         "rss_growth_second_half_percent": round(100 * growth, 2),
         "fds": {"start": start.fds, "end": end.fds, "peak": max(s.fds for s in samples),
                 "upstream_connections_start": start.upstream_connections,
-                "upstream_connections_end": end.upstream_connections},
+                "upstream_connections_end": end.upstream_connections,
+                "redis_connections_start": start.redis_connections, "redis_connections_end": end.redis_connections},
         "checks": checks, "passed": all(checks.values()),
     }
 
@@ -219,8 +225,9 @@ def main(argv: list[str] | None = None) -> int:
         keys = Keys.create(KeyRing(None, RedisKeyStore(redis.client)), args.concurrency)
         deadline = time.monotonic() + args.max_seconds
         # The warm-up fills the upstream pool and the worker's caches; then the measured run.
-        start = Soak(gateway, sim.port, keys, args.warmup, args.concurrency, deadline).run(args.sample_every)[-1]
-        soak = Soak(gateway, sim.port, keys, args.requests, args.concurrency, deadline)
+        start = Soak(gateway, sim.port, redis.port, keys, args.warmup, args.concurrency,
+                     deadline).run(args.sample_every)[-1]
+        soak = Soak(gateway, sim.port, redis.port, keys, args.requests, args.concurrency, deadline)
         samples = soak.run(args.sample_every)
         report = verdict(samples, start, soak)
     finally:
