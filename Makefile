@@ -28,7 +28,8 @@ bench: $(STAMP) system-deps
 fairness: $(STAMP) system-deps
 	$(BIN)/python -m bench.fairness $(BENCH_ARGS)
 
-# 50,000 mixed requests through one worker: memory must settle, fds come back (docs/reliability.md).
+# 50,000 mixed requests through one worker, keys and limits in Redis: memory must settle, fds come
+# back (docs/reliability.md).
 # Minutes, not seconds: not part of `make test`.
 soak: $(STAMP)
 	$(BIN)/python -m bench.soak

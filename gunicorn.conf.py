@@ -45,8 +45,9 @@ timeout = 30  # worker heartbeat; a gevent worker stays responsive during long g
 accesslog = "-"
 # gunicorn's default line, less what can carry an API key sent the wrong way: the query
 # string (?api_key=...), the user of a Basic Authorization header (`curl -u KEY:`), and the
-# Referer (a page's URL, query string included). The path, status and client stay.
-access_log_format = '%(h)s %(l)s - %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s "%(a)s"'
+# Referer (a page's URL, query string included). The path, status and client stay, and the
+# request's id last (the X-Request-ID the gateway answered with, as in its JSON log lines).
+access_log_format = '%(h)s %(l)s - %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s "%(a)s" %({x-request-id}o)s'
 errorlog = "-"
 loglevel = _settings["LOG_LEVEL"]
 

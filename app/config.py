@@ -133,6 +133,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MAX_BODY_BYTES", int, 1 * MiB, "Largest request body accepted; larger gets 413.", minimum=1),
     Setting("MAX_PROMPT_CHARS", int, 32_000, "Longest prompt accepted, in characters; longer gets 422.", minimum=1),
     Setting("MAX_TOKENS_LIMIT", int, 4096, "Largest max_tokens a request may ask for; larger gets 422.", minimum=1),
+    Setting("MAX_N", int, 8, "Largest n and best_of; 422 above. Tokens are reserved per completion.", minimum=1),
+    Setting("MAX_UPSTREAM_BODY_BYTES", int, 32 * MiB, "Largest blocking upstream answer; 502 above.", minimum=1),
+    Setting("MAX_SSE_EVENT_BYTES", int, 32 * MiB, "Largest upstream stream event; an error event above.", minimum=1),
     # --- compatible API, WebSocket, model names and upstream kinds ---
     Setting("UPSTREAM_KIND", str, "vllm",
             "What the upstream is: vllm; ollama (its native /api/generate and /api/chat, translated); or "
@@ -150,9 +153,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("WS_PING_INTERVAL", float, 25.0,
             "Seconds between pings on /v1/generate/ws, which keep idle connections open through proxies; a "
             "client that has not answered the previous ping is disconnected. 0 turns pings off.", minimum=0),
+    Setting("WS_MAX_QUEUED_MESSAGES", int, 16, "Messages a WebSocket may queue; a 1008 close above.", minimum=1),
     # --- observability (metrics, logs) ---
-    Setting("METRICS_TOKEN", str, "",
-            "Bearer token GET /metrics requires. Empty: /metrics is open (keep it off the public network)."),
+    Setting("METRICS_TOKEN", str, "", "Bearer token for /metrics and /readyz's details. Empty: loopback clients only."),
     Setting("METRICS_DIR", str, "",
             "Folder where gunicorn workers keep their metrics (prometheus-client multiprocess mode); emptied "
             "at start. Empty: a new folder in the system temp folder, removed at exit."),
