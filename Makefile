@@ -32,7 +32,8 @@ fairness: $(STAMP) system-deps
 ledger-cost: $(STAMP) system-deps
 	$(BIN)/python -m bench.ledger_cost --rounds 4 --duration 6 --out docs/usage/ledger-cost.json $(BENCH_ARGS)
 
-# 50,000 mixed requests through one worker: memory must settle, fds come back (docs/reliability.md).
+# 50,000 mixed requests through one worker, keys and limits in Redis: memory must settle, fds come
+# back (docs/reliability.md).
 # Minutes, not seconds: not part of `make test`.
 soak: $(STAMP)
 	$(BIN)/python -m bench.soak

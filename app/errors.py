@@ -103,6 +103,7 @@ class UpstreamTimeout(ApiError):
 # werkzeug raises these for routing and body problems before a view runs.
 _HTTP_EXCEPTIONS: dict[int, type[ApiError]] = {
     400: InvalidRequest,
+    403: Forbidden,
     404: NotFound,
     405: MethodNotAllowed,
     413: PayloadTooLarge,

@@ -232,11 +232,18 @@ def admit(exchange: Exchange, payload: dict[str, Any]) -> None:
     """Admit this request's generation or refuse it (429, 503); it is released when `exchange` finishes."""
     admitter: Admitter = current_app.extensions[EXTENSION]
     prompt = prompt_estimate(payload) if exchange.work != NO_TOKENS else 0
-    output = max_tokens(payload) if exchange.work == GENERATION else 0
+    output = completions(payload) * max_tokens(payload) if exchange.work == GENERATION else 0
     exchange.admission = g.admission = admitter.admit(
         client_identity(), prompt=prompt, estimate=prompt + output, tpm=key_limit("tpm"),
         max_concurrent=key_limit("max_concurrent"), environ=request.environ,
         budget=budget_of(g.get("key_record"), utcnow()))
+
+
+def completions(payload: dict[str, Any]) -> int:
+    """How many completions the upstream generates: `n`, or `best_of` where larger (it generates them all)."""
+    counts = [value for value in (payload.get("n"), payload.get("best_of"))
+              if isinstance(value, int) and not isinstance(value, bool)]
+    return max([1, *counts])
 
 
 def max_tokens(payload: dict[str, Any]) -> int:

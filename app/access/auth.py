@@ -1,7 +1,7 @@
 """Who is calling: `Authorization: Bearer KEY`, checked against the key stores before any view.
 
 Sets `g.key_name` and `g.key_record` for the rest of the request (limits, logs, metrics).
-Without a key store configured there is no authentication, and app/config.py has made
+Without a key store configured there is no authentication, and app/config/ has made
 sure the gateway then listens on loopback only (or was explicitly told otherwise).
 """
 from __future__ import annotations
