@@ -87,3 +87,10 @@ def post_worker_init(worker):
     from app.relay import shutdown  # here, not at the top: the master must not import the app
 
     shutdown.install(worker.cfg.graceful_timeout)
+
+
+def worker_exit(server, worker):
+    """A worker that stops or reloads writes the usage rows it still buffers."""
+    from app.ledger import writer  # the worker's own process: the app is already imported there
+
+    writer.flush_all()

@@ -131,13 +131,26 @@ SETTINGS: tuple[Setting, ...] = (
             "JSON file of API keys (stored as SHA-256 hashes), written by `sluice keys`. Setting it, or "
             "REDIS_URL, makes every API request need a key."),
     Setting("REDIS_URL", str, "",
-            "Redis for API keys, request and token limits and in-flight counts shared by every worker and "
-            "host, e.g. redis://127.0.0.1:6379/0. Empty: limits are counted per worker process."),
+            "Redis for request and token limits, budgets' counts and in-flight counts shared by every worker and "
+            "host, and key revocations announced at once, e.g. redis://127.0.0.1:6379/0. It holds only what may "
+            "be lost (keys live in the database). Empty: limits are counted per worker process."),
     Setting("REDIS_TIMEOUT", float, 1.0, "Seconds to connect to Redis, or to wait for its answer, before it "
             "counts as down.", minimum=0.001),
     Setting("REDIS_FAILURE_MODE", str, "open",
             "When Redis is down: `open` keeps serving with per-process limits (a warning is logged), "
             "`closed` refuses with 503. Unknown keys are never let in either way.", choices=("open", "closed")),
+    # --- the system of record: keys, budgets, usage (docs/usage.md) ---
+    Setting("DATABASE_URL", str, "",
+            "Database holding API keys, budgets and the usage ledger: postgresql://USER:PASSWORD@HOST/NAME when "
+            "several hosts share them, or sqlite:///PATH. Empty: sluice.db (SQLite, WAL) in the instance folder."),
+    Setting("LEDGER", bool, True, "Record one usage row per generation that reached admission (docs/usage.md)."),
+    Setting("LEDGER_BUFFER", int, 100_000,
+            "Usage rows a worker keeps while the database is down or slow; past it rows are dropped and counted "
+            "(sluice_ledger_rows_total{result=\"dropped\"}).", minimum=1),
+    Setting("USAGE_RETENTION_DAYS", int, 400,
+            "Days of usage rows kept; older rows are deleted in small batches. 0: keep everything. Keep more "
+            "than 31 with monthly budgets (a Redis restarted empty re-reads the month from the ledger).",
+            minimum=0),
     Setting("ALLOW_UNAUTHENTICATED", bool, False,
             "Allow serving without API keys on an address other than loopback. Without it, a gateway "
             "with no keys configured refuses to start there."),
