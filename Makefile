@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint test-fast bench fairness soak audit system-deps clean
+.PHONY: serve test lint test-fast bench fairness ledger-cost soak audit system-deps clean
 
 serve: $(STAMP)
 	$(BIN)/sluice serve
@@ -28,7 +28,12 @@ bench: $(STAMP) system-deps
 fairness: $(STAMP) system-deps
 	$(BIN)/python -m bench.fairness $(BENCH_ARGS)
 
-# 50,000 mixed requests through one worker: memory must settle, fds come back (docs/reliability.md).
+# The usage ledger's CPU cost per request: SLUICE_LEDGER off and on, rounds alternated (docs/usage.md).
+ledger-cost: $(STAMP) system-deps
+	$(BIN)/python -m bench.ledger_cost --rounds 4 --duration 6 --out docs/usage/ledger-cost.json $(BENCH_ARGS)
+
+# 50,000 mixed requests through one worker, keys and limits in Redis: memory must settle, fds come
+# back (docs/reliability.md).
 # Minutes, not seconds: not part of `make test`.
 soak: $(STAMP)
 	$(BIN)/python -m bench.soak
@@ -48,9 +53,10 @@ $(STAMP): requirements.txt setup.cfg
 
 # From Debian's packages, for the tests that start or run them for real: Redis, nginx, openssl
 # (the nginx tests' throwaway certificate), headless Chromium (renders /docs) and systemd's
-# systemd-analyze (verifies the units in deploy/systemd/).
-SYSTEM_COMMANDS := redis-server nginx openssl chromium systemd-analyze
-SYSTEM_PACKAGES := redis-server nginx openssl chromium systemd
+# systemd-analyze (verifies the units in deploy/systemd/) and PostgreSQL's server (the ledger's tests start
+# a throwaway cluster with its initdb; as root they run it as the package's `postgres` user).
+SYSTEM_COMMANDS := redis-server nginx openssl chromium systemd-analyze /usr/lib/postgresql/15/bin/initdb
+SYSTEM_PACKAGES := redis-server nginx openssl chromium systemd postgresql
 system-deps:
 	@missing=; for c in $(SYSTEM_COMMANDS); do command -v $$c >/dev/null || missing="$$missing $$c"; done; \
 	if [ -n "$$missing" ]; then \

@@ -1,6 +1,6 @@
 """Gunicorn settings for Sluice: `gunicorn -c gunicorn.conf.py`.
 
-Values come from the same SLUICE_* settings as the app (app/config.py). That module (and
+Values come from the same SLUICE_* settings as the app (app/config/). That package (and
 app/observe/metrics_dir.py) is loaded by file path, not imported from the `app` package: importing
 the package here would import Flask, requests and ssl in the master before gevent patches
 each worker.
@@ -12,16 +12,17 @@ import sys
 
 
 def _load(name, filename):
-    """A standard-library-only module of the app, loaded by its file path."""
-    spec = importlib.util.spec_from_file_location(
-        name, os.path.join(os.path.dirname(os.path.abspath(__file__)), "app", filename))
+    """A standard-library-only module (or package: its __init__.py) of the app, loaded by its file path."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "app", filename)
+    package = [os.path.dirname(path)] if os.path.basename(path) == "__init__.py" else None
+    spec = importlib.util.spec_from_file_location(name, path, submodule_search_locations=package)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
 
-_settings_module = _load("sluice_settings", "config.py")
+_settings_module = _load("sluice_settings", "config/__init__.py")
 _metrics_dir = _load("sluice_metrics_dir", "observe/metrics_dir.py")
 try:
     _settings = _settings_module.load()
@@ -45,8 +46,9 @@ timeout = 30  # worker heartbeat; a gevent worker stays responsive during long g
 accesslog = "-"
 # gunicorn's default line, less what can carry an API key sent the wrong way: the query
 # string (?api_key=...), the user of a Basic Authorization header (`curl -u KEY:`), and the
-# Referer (a page's URL, query string included). The path, status and client stay.
-access_log_format = '%(h)s %(l)s - %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s "%(a)s"'
+# Referer (a page's URL, query string included). The path, status and client stay, and the
+# request's id last (the X-Request-ID the gateway answered with, as in its JSON log lines).
+access_log_format = '%(h)s %(l)s - %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s "%(a)s" %({x-request-id}o)s'
 errorlog = "-"
 loglevel = _settings["LOG_LEVEL"]
 
@@ -85,3 +87,10 @@ def post_worker_init(worker):
     from app.relay import shutdown  # here, not at the top: the master must not import the app
 
     shutdown.install(worker.cfg.graceful_timeout)
+
+
+def worker_exit(server, worker):
+    """A worker that stops or reloads writes the usage rows it still buffers."""
+    from app.ledger import writer  # the worker's own process: the app is already imported there
+
+    writer.flush_all()

@@ -27,23 +27,28 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     app.config.update(API_SPEC)
     app.config["MAX_CONTENT_LENGTH"] = settings["MAX_BODY_BYTES"]
 
-    from app import upstream
-    from app.access import admission, auth, limits, shared_state
-    from app.api import generate, health, metrics_endpoint, openai, pooling, responses, tokenize, ws
+    from app import ledger, upstream
+    from app.access import admission, auth, limits, operators, shared_state
+    from app.api import generate, health, metrics_endpoint, openai, pooling, responses, tokenize, usage, ws
     from app.api.docs import Api
     from app.observe import instrument, logs, request_id
-    from app.relay import after_send, client_body, proxies
+    from app.relay import after_send, client_body, proxies, shutdown
 
+    # The order of their before_request hooks is the order below: a request's key and request
+    # limit are checked before a byte of its body is read.
     logs.init_app(app)
     request_id.init_app(app)
-    client_body.init_app(app)
     after_send.init_app(app)
     instrument.init_app(app)
     shared_state.init_app(app)  # Redis, if configured, and its outage policy: before its users below
+    ledger.init_app(app)  # the database (keys, usage): before auth and admission, which read it
     auth.init_app(app)  # before limits: they count per key
     limits.init_app(app)
+    client_body.init_app(app)
+    operators.init_app(app)
     admission.init_app(app)
     upstream.init_app(app)
+    shutdown.init_app(app)
     app.before_request(_require_json_body)
 
     api = Api(app)  # /openapi.json and /docs
@@ -54,6 +59,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     api.register_blueprint(responses.blp)
     api.register_blueprint(pooling.blp)
     api.register_blueprint(tokenize.blp)
+    api.register_blueprint(usage.blp)
     ws.init_app(app, api.spec)
     api.document_security(app)  # last: it amends the routes registered above
     errors.register(app)  # after Api(): replaces flask-smorest's own error handler

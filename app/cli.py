@@ -22,7 +22,7 @@ Arguments = Callable[[argparse.ArgumentParser], None]
 
 _COMMANDS: list[tuple[str, Handler, Arguments]] = []
 # Modules whose register(subparsers) adds their own subcommands.
-REGISTRARS = ("app.access.keys_cli",)
+REGISTRARS = ("app.access.keys_cli", "app.ledger.usage_cli")
 
 
 def command(name: str, arguments: Arguments = lambda parser: None) -> Callable[[Handler], Handler]:
@@ -72,7 +72,7 @@ def show_config(args: argparse.Namespace) -> int:
         print(config.markdown_table(), end="")
         return 0
     for name, value in _load_settings().items():
-        secret = value and any(word in name for word in ("TOKEN", "API_KEY", "REDIS_URL"))
+        secret = value and any(word in name for word in ("TOKEN", "API_KEY", "REDIS_URL", "DATABASE_URL"))
         print(f"{config.SETTINGS_BY_NAME[name].env_var}={'***' if secret else value}")
     return 0
 

@@ -51,6 +51,10 @@ class Unauthorized(ApiError):
     status, type, code = 401, "authentication_error", "invalid_api_key"
 
 
+class Forbidden(ApiError):
+    status, type, code = 403, "permission_error", "forbidden"
+
+
 class NotFound(ApiError):
     status, type, code = 404, "not_found_error", "not_found"
 
@@ -99,6 +103,7 @@ class UpstreamTimeout(ApiError):
 # werkzeug raises these for routing and body problems before a view runs.
 _HTTP_EXCEPTIONS: dict[int, type[ApiError]] = {
     400: InvalidRequest,
+    403: Forbidden,
     404: NotFound,
     405: MethodNotAllowed,
     413: PayloadTooLarge,

@@ -67,6 +67,9 @@ class Exchange:
     turn: Any = field(default=None, repr=False, compare=False)
     # vLLM's `priority` for it (lower is served first), sent to replicas scheduling by priority.
     vllm_priority: int | None = None
+    # The usage ledger's writer of the app that opened it (app/ledger/recorder.py); None: no ledger.
+    ledger: Any = field(default=None, repr=False, compare=False)
+    usage_reported: bool = False  # the upstream sent its token counts (else they were counted from the stream)
 
     def __post_init__(self) -> None:
         opened.send(self)
@@ -74,6 +77,7 @@ class Exchange:
     def record_usage(self, usage: Any) -> None:
         """Take the upstream's token counts (a usage object), ignoring anything malformed."""
         if isinstance(usage, dict):
+            self.usage_reported = True
             # Chat, completions, embeddings and scores say prompt/completion; the Responses API input/output.
             self.prompt_tokens = int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0)
             self.completion_tokens = int(usage.get("completion_tokens") or usage.get("output_tokens") or 0)

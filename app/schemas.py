@@ -107,7 +107,8 @@ class ReadinessSchema(Schema):
 
     status = fields.String(metadata={"description": "`ready`."})
     replicas = fields.List(fields.Dict(), metadata={
-        "description": "Each replica: url, kind, state (healthy, recovering, ejected), reason, weight, models, "
+        "description": "Only for the metrics token's bearer or a loopback client. Each replica: url, kind, "
+                       "state (healthy, recovering, ejected), reason, weight, models, "
                        "outstanding requests in this worker, failures by kind, and the load figures read from "
                        "its /metrics (running, waiting, kv_cache_usage)."})
 

@@ -147,7 +147,7 @@ class SamplingSchema(OpenAISchema):
     max_tokens = _max_tokens()
     temperature = fields.Float(validate=validate.Range(min=0, max=2))
     top_p = fields.Float(validate=validate.Range(min=0, max=1, min_inclusive=False))
-    n = fields.Integer(validate=validate.Range(min=1))
+    n = fields.Integer(validate=[validate.Range(min=1), ConfiguredMaximum("MAX_N", "n")])
     stream = fields.Boolean()
     stream_options = fields.Nested(StreamOptionsSchema)
     stop = StopField(metadata={"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]})
@@ -200,7 +200,7 @@ class CompletionRequestSchema(SamplingSchema):
     suffix = fields.String()
     echo = fields.Boolean()
     logprobs = fields.Integer(validate=validate.Range(min=0, max=MAX_LOGPROBS))
-    best_of = fields.Integer(validate=validate.Range(min=1))
+    best_of = fields.Integer(validate=[validate.Range(min=1), ConfiguredMaximum("MAX_N", "best_of")])
 
     @validates_schema(skip_on_field_errors=True)
     def _prompt_length(self, data: dict[str, Any], **kwargs: Any) -> None:

@@ -2,7 +2,7 @@
 
 A user runs Sluice with API keys, limits and metrics on; the figures are only honest if
 the benchmark does too. Each feature is switched on when this build of Sluice has it
-(its setting exists in app/config.py, or its module exists) and recorded either way, so
+(its setting exists in app/config/table.py, or its module exists) and recorded either way, so
 the report says what was measured. The settings and the `sluice keys create` command
 used here are the ones the access-control and metrics work names.
 """

@@ -1,11 +1,13 @@
 """Start the real processes tests need (gunicorn, the simulator, Redis), wait for them, stop them."""
 from __future__ import annotations
 
+import glob
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -43,12 +45,12 @@ class Service:
     """A child process in its own process group, stopped with everything it started."""
 
     def __init__(self, name: str, args: list[str], env: dict[str, str] | None = None,
-                 log: Path | None = None) -> None:
+                 log: Path | None = None, user: str | None = None) -> None:
         self.name = name
         self.log_path = log
-        out = open(log, "wb") if log else subprocess.DEVNULL
+        out = open(log, "ab") if log else subprocess.DEVNULL
         self.proc = subprocess.Popen(args, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=out,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+                                     stderr=subprocess.STDOUT, start_new_session=True, user=user)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
         """Signal the process (as systemd's KillMode=mixed does), then kill its group after `timeout`."""
@@ -115,6 +117,9 @@ class Gateway(Service):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {"SLUICE_BIND": f"127.0.0.1:{self.port}", "SLUICE_WORKERS": "1", **settings}
+        if "SLUICE_DATABASE_URL" not in settings:  # a database of its own, beside its log, not the instance folder's
+            folder = log.parent if log else Path(tempfile.mkdtemp(prefix="sluice-db-"))
+            env["SLUICE_DATABASE_URL"] = f"sqlite:///{folder / f'sluice-{self.port}.db'}"
         config = "gunicorn.conf.py"
         if probe_dir is not None:  # the same settings plus a greenlet probe (bench/worker_probe.py)
             config, env["GATEWAY_PROBE_DIR"] = "bench/gunicorn_probe.conf.py", str(probe_dir)
@@ -154,3 +159,62 @@ class Redis(Service):
         except redis.RedisError:
             return False
 
+
+
+class Postgres:
+    """A throwaway PostgreSQL cluster (initdb, then postgres) on a free loopback port, in a folder of its own.
+
+    PostgreSQL refuses to run as root: as root (CI, containers) it runs as the `postgres` user
+    that Debian's package creates. `stop` and `start` keep the data: a database that goes away
+    and comes back.
+    """
+
+    # Debian's server binaries are off the PATH, in a folder per major version: the newest one.
+    BIN = Path(os.environ.get("SLUICE_PG_BIN") or max(
+        glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(Path(p).parent.name), default="/usr/bin"))
+
+    def __init__(self, log: Path | None = None) -> None:
+        import pwd
+        import shutil
+
+        self.port = free_port()
+        self.user = "postgres" if os.geteuid() == 0 else None
+        self.folder = Path(tempfile.mkdtemp(prefix="sluice-pg-"))  # in /tmp: reachable by that user
+        self.log = log
+        if self.user is not None:
+            entry = pwd.getpwnam(self.user)
+            os.chown(self.folder, entry.pw_uid, entry.pw_gid)
+        self._remove = lambda: shutil.rmtree(self.folder, ignore_errors=True)
+        subprocess.run([str(self.BIN / "initdb"), "-D", str(self.folder / "data"), "-U", "sluice", "--auth=trust",
+                        "-E", "UTF8", "--no-sync"], check=True, capture_output=True, user=self.user, cwd="/")
+        self.url = f"postgresql://sluice@127.0.0.1:{self.port}/postgres"
+        self.server: Service | None = None
+        self.start()
+
+    def start(self) -> None:
+        """Start the server on its port and data (again, after `stop`)."""
+        self.server = Service("postgres", [str(self.BIN / "postgres"), "-D", str(self.folder / "data"),
+                                           "-p", str(self.port), "-k", str(self.folder),
+                                           "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"],
+                              log=self.log, user=self.user)
+        wait_until(self._answers, 30, "postgres", self.server.proc)
+
+    def stop(self) -> None:
+        """Stop the server (fast shutdown: connections are cut), keeping its data."""
+        if self.server is not None:
+            self.server.stop(signal.SIGINT, timeout=30)
+            self.server = None
+
+    def remove(self) -> None:
+        """Stop, and delete the cluster."""
+        self.stop()
+        self._remove()
+
+    def _answers(self) -> bool:
+        import psycopg
+
+        try:
+            with psycopg.connect(self.url, connect_timeout=2):
+                return True
+        except psycopg.Error:
+            return False

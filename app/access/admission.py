@@ -2,7 +2,8 @@
 
 `admit` is called once per generation, from app/gateway.py, before anything goes upstream:
 1. the caller's cap on generations in flight (429 at the cap),
-2. the caller's token budget for the window, reserved at an estimate (429 when spent),
+2. the caller's token limit for the window, reserved at an estimate (429 when spent),
+   and its key's budget for the day or month (app/access/budgets.py; 429 budget_exceeded),
 3. this worker's bound on generations in flight, with a bounded, timed wait (503 when full).
 What it holds is given back when the generation's Exchange finishes (for a stream, when
 the relay ends, however it ends), and the token reservation is settled to the real count.
@@ -20,11 +21,14 @@ from gevent.lock import BoundedSemaphore
 
 from app.access import replica_slots
 from app.access.auth import client_identity, key_limit
+from app.access.budgets import Budget, BudgetCounter, Budgets, Seed, budget_of
 from app.access.counters import Counters, MemoryCounters, RedisCounters, Slot, Tokens
 from app.access.releases import BatchedReleases
 from app.access.shared_state import SharedState, get_shared_state
 from app.errors import RateLimited, Unavailable
 from app.exchange import GENERATION, NO_TOKENS, Exchange, finished
+from app.ledger import EXTENSION as LEDGER_EXTENSION
+from app.ledger.tables import utcnow
 from app.observe import metrics
 from app.relay import after_send
 from app.relay.disconnect import cancel_on_disconnect
@@ -103,6 +107,9 @@ class Admission:
     token_limit: int = 0
     tokens_used: float = 0  # in the window, this reservation included
     token_backend: Counters | None = None
+    budget: Budget | None = None
+    budget_reserved: int = 0
+    budget_counter: BudgetCounter | None = None
 
     def release(self, exchange: Exchange | None) -> None:
         """Give everything back; settle the token reservation to what `exchange` really used."""
@@ -115,6 +122,10 @@ class Admission:
         delta = 0
         if self.reserved and self.token_backend is not None:
             delta, self.reserved = self.tokens_spent(exchange) - self.reserved, 0
+        if self.budget_reserved and self.budget is not None and self.budget_counter is not None:
+            spent, self.budget_reserved = self.tokens_spent(exchange) - self.budget_reserved, 0
+            if spent:
+                admitter.budgets.settle(self.budget_counter, self.budget, spent)
         if backend is None or not (slot or delta):
             return
         slots, tokens = Slot(admitter.bucket("inflight", self.identity), slot), \
@@ -132,20 +143,24 @@ class Admission:
 
     def tokens_spent(self, exchange: Exchange | None) -> int:
         """Prompt plus completion tokens: the upstream's count, or for a cut stream an estimate and what was relayed."""
-        if exchange is None:
-            return 0  # refused before it began
+        return sum(self.billed_tokens(exchange)) if exchange is not None else 0  # None: refused before it began
+
+    def billed_tokens(self, exchange: Exchange) -> tuple[int, int]:
+        """(prompt, completion) as counted against limits and budgets (and written to the ledger)."""
         if not exchange.completion_tokens:
-            return exchange.prompt_tokens  # nothing generated: the upstream failed or refused it
+            return exchange.prompt_tokens, 0  # nothing generated: the upstream failed or refused it
         # A stream cut before its usage chunk has no prompt count (Exchange.finish counted
         # its relayed events as its completion): take the estimate.
-        return (exchange.prompt_tokens or self.prompt_estimate) + exchange.completion_tokens
+        return exchange.prompt_tokens or self.prompt_estimate, exchange.completion_tokens
 
 
 class Admitter:
     """Per-app admission: the worker gate, and the counters in Redis or (fallback) in memory."""
 
-    def __init__(self, state: SharedState, gate: WorkerGate, *, token_window: float, slot_ttl: float) -> None:
+    def __init__(self, state: SharedState, gate: WorkerGate, *, token_window: float, slot_ttl: float,
+                 budget_seed: Seed = lambda key_name, since: None) -> None:
         self.state = state
+        self.budgets = Budgets(state, budget_seed)
         self.gate = gate
         self.token_window = token_window
         self.slot_ttl = slot_ttl
@@ -158,12 +173,14 @@ class Admitter:
         return f"sluice:{kind}:{identity}"
 
     def admit(self, identity: str, *, prompt: int, estimate: int, tpm: int, max_concurrent: int,
-              environ: dict[str, Any]) -> Admission:
+              environ: dict[str, Any], budget: Budget | None = None) -> Admission:
         """Hold what a generation needs, or raise 429/503 holding nothing."""
         admission = Admission(self, identity, prompt)
         try:
             if max_concurrent or tpm:
                 self._hold(admission, max_concurrent, estimate, tpm)
+            if budget is not None:
+                self._charge_budget(admission, budget, estimate)
             if not self.gate.try_enter():
                 with cancel_on_disconnect(environ):  # a client that leaves while queued frees its place
                     self.gate.wait()
@@ -194,6 +211,17 @@ class Admitter:
             admission.reserved, admission.token_limit, admission.tokens_used = estimate, limit, value
             admission.token_backend = backend
 
+    def _charge_budget(self, admission: Admission, budget: Budget, estimate: int) -> None:
+        now = utcnow()
+        counter, fits, used = self.budgets.reserve(budget, estimate, now)
+        if not fits:
+            alone = " (more than the whole budget: lower max_tokens)" if estimate > budget.tokens else ""
+            raise RateLimited(
+                f"Token budget of {budget.tokens} per {budget.period} reached for this key ({used} used; this request "
+                f"may use about {estimate}{alone}). It renews at {budget.end:%Y-%m-%d %H:%M} UTC.",
+                code="budget_exceeded", headers={"Retry-After": str(math.ceil(budget.seconds_left(now)))})
+        admission.budget, admission.budget_reserved, admission.budget_counter = budget, estimate, counter
+
     def _on_counters(self, operation: str, use: Callable[[Counters], T]) -> tuple[Counters, T]:
         """use(Redis counters), or this process's when Redis is absent or down and failing open."""
         def in_memory() -> tuple[Counters, T]:
@@ -222,10 +250,18 @@ def admit(exchange: Exchange, payload: dict[str, Any]) -> None:
     """Admit this request's generation or refuse it (429, 503); it is released when `exchange` finishes."""
     admitter: Admitter = current_app.extensions[EXTENSION]
     prompt = prompt_estimate(payload) if exchange.work != NO_TOKENS else 0
-    output = max_tokens(payload) if exchange.work == GENERATION else 0
+    output = completions(payload) * max_tokens(payload) if exchange.work == GENERATION else 0
     exchange.admission = g.admission = admitter.admit(
         client_identity(), prompt=prompt, estimate=prompt + output, tpm=key_limit("tpm"),
-        max_concurrent=key_limit("max_concurrent"), environ=request.environ)
+        max_concurrent=key_limit("max_concurrent"), environ=request.environ,
+        budget=budget_of(g.get("key_record"), utcnow()))
+
+
+def completions(payload: dict[str, Any]) -> int:
+    """How many completions the upstream generates: `n`, or `best_of` where larger (it generates them all)."""
+    counts = [value for value in (payload.get("n"), payload.get("best_of"))
+              if isinstance(value, int) and not isinstance(value, bool)]
+    return max([1, *counts])
 
 
 def max_tokens(payload: dict[str, Any]) -> int:
@@ -254,7 +290,9 @@ def _token_headers(response: Response) -> Response:
 def init_app(app: Flask) -> None:
     """Create this worker's gate and counters."""
     gate = WorkerGate(app.config["MAX_IN_FLIGHT"], app.config["ADMISSION_QUEUE"], app.config["ADMISSION_TIMEOUT"])
+    ledger = app.extensions.get(LEDGER_EXTENSION)  # budgets are seeded from the ledger's rows
     app.extensions[EXTENSION] = Admitter(get_shared_state(app), gate, token_window=app.config["TOKEN_WINDOW"],
-                                         slot_ttl=app.config["KEY_SLOT_TTL"])
+                                         slot_ttl=app.config["KEY_SLOT_TTL"],
+                                         **({"budget_seed": ledger.tokens_since} if ledger is not None else {}))
     app.after_request(_token_headers)
     replica_slots.init_app(app)  # the replicas' capacity and its fair queue: the next step of admission

@@ -1,7 +1,7 @@
 """Who is calling: `Authorization: Bearer KEY`, checked against the key stores before any view.
 
 Sets `g.key_name` and `g.key_record` for the rest of the request (limits, logs, metrics).
-Without a key store configured there is no authentication, and app/config.py has made
+Without a key store configured there is no authentication, and app/config/ has made
 sure the gateway then listens on loopback only (or was explicitly told otherwise).
 """
 from __future__ import annotations
@@ -14,9 +14,11 @@ from flask import Flask, current_app, g, request
 from gevent.event import AsyncResult
 
 from app import config
-from app.access.keys import KeyRecord, KeyRing, KeyStoreError, hash_key
+from app.access.keys import KEY_PREFIX, KeyRecord, KeyRing, KeyStoreError, hash_key
 from app.access.shared_state import SharedState, get_shared_state, unavailable
 from app.errors import Unauthorized, Unavailable
+from app.ledger import get_ledger
+from app.ledger.key_cache import CachedKeyStore
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,7 @@ _CHALLENGE = 'Bearer realm="sluice"'
 KEY_CACHE_SECONDS = 0.5
 KEY_CACHE_SIZE = 10_000  # records kept at most; found keys only (random keys cannot fill it)
 _READ_FAILED: Any = object()  # what waiters on a read get when it raised
+USAGE_PATH = "/v1/usage"  # its `key` parameter names a key: see _carries_key
 
 
 def is_open_path() -> bool:
@@ -72,11 +75,16 @@ def bearer_key(header: str | None) -> str:
 
 
 class Authenticator:
-    """Finds a key's record (keys file first, then Redis) and refuses unknown or revoked keys."""
+    """Finds a key's record (keys file, then the database, then Redis) and refuses unknown or revoked keys.
 
-    def __init__(self, ring: KeyRing, state: SharedState) -> None:
+    `always`: a keys file or Redis is configured, so a key is required even before one exists;
+    else keys are required as soon as the database holds one (checked within a second).
+    """
+
+    def __init__(self, ring: KeyRing, state: SharedState, always: bool = True) -> None:
         self.ring = ring
         self.state = state
+        self.always = always
         # Records this worker last read from Redis: used only while Redis is down and the
         # policy is to fail open, so known keys keep working. Holds valid keys only.
         self._last_known: dict[str, KeyRecord] = {}
@@ -93,9 +101,16 @@ class Authenticator:
             raise refused("Invalid or revoked API key.", invalid=True)
         return record
 
+    def required(self) -> bool:
+        """Whether this request needs a key: always with a keys file or Redis, else once the database has keys."""
+        database = self.ring.database
+        return self.always or (isinstance(database, CachedKeyStore) and database.has_keys())
+
     def _find(self, key_hash: str) -> KeyRecord | None:
         try:
             record = self.ring.file.lookup(key_hash) if self.ring.file else None
+            if record is None and self.ring.database is not None:
+                record = self.ring.database.lookup(key_hash)
             if record is None and self.ring.redis is not None:
                 record = self._cached(key_hash) or self._read_once(key_hash)
         except KeyStoreError as exc:
@@ -157,29 +172,37 @@ class Authenticator:
 
 
 def init_app(app: Flask) -> None:
-    """Require a key on every request but the open paths, when a key store is configured."""
-    if config.authentication_required(app.config):
-        ring = KeyRing.from_settings(app.config, get_shared_state(app).client)
-        if ring.file is not None:
-            ring.file.records()  # an unreadable keys file stops the start, with its reason
-            if not ring.file.path.exists():
-                log.warning("keys file %s does not exist: every request is refused until "
-                            "`sluice keys create` makes a key", ring.file.path)
-        app.extensions[EXTENSION] = Authenticator(ring, get_shared_state(app))
-    else:
-        app.extensions[EXTENSION] = None
+    """Require a key on every request but the open paths, when a key store is configured or holds keys."""
+    database = get_ledger(app).keys
+    ring = KeyRing.from_settings(app.config, get_shared_state(app).client, database)
+    always = config.authentication_required(app.config)
+    if ring.file is not None:
+        ring.file.records()  # an unreadable keys file stops the start, with its reason
+        if not ring.file.path.exists():
+            log.warning("keys file %s does not exist: every request is refused until "
+                        "`sluice keys create` makes a key", ring.file.path)
+    app.extensions[EXTENSION] = authenticator = Authenticator(ring, get_shared_state(app), always=always)
+    if not authenticator.required():
         exposed = config.exposed_binds(app.config)
         where = f"on {', '.join(exposed)} (SLUICE_ALLOW_UNAUTHENTICATED=true)" if exposed else "on loopback only"
-        log.warning("no API keys configured (SLUICE_KEYS_FILE, SLUICE_REDIS_URL): serving WITHOUT "
-                    "authentication, %s", where)
+        log.warning("no API keys configured (none in the database; SLUICE_KEYS_FILE, SLUICE_REDIS_URL unset): "
+                    "serving WITHOUT authentication, %s, until `sluice keys create` makes one", where)
     app.before_request(_authenticate)
 
 
+def _carries_key(name: str, value: str) -> bool:
+    """Whether a URL parameter is (probably) an API key. GET /v1/usage's `key` is a key's name, unless it looks
+    like a key itself."""
+    if name.lower() not in KEY_PARAMS:
+        return False
+    return name != "key" or request.path != USAGE_PATH or value.startswith(KEY_PREFIX) and len(value) > 40
+
+
 def _authenticate() -> None:
-    authenticator: Authenticator | None = current_app.extensions[EXTENSION]
-    if authenticator is None or is_open_path():
+    authenticator: Authenticator = current_app.extensions[EXTENSION]
+    if is_open_path() or not authenticator.required():
         return
-    if KEY_PARAMS.intersection(k.lower() for k in request.args):
+    if any(_carries_key(name, value) for name, value in request.args.items(multi=True)):
         raise refused("API keys are not accepted in the URL (URLs end up in logs): "
                       "send `Authorization: Bearer KEY` instead.", invalid=True)
     record = authenticator.authenticate(request.headers.get("Authorization"))

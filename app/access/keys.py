@@ -1,8 +1,8 @@
-"""API keys: how they are made and hashed, and where their records live (a JSON file, Redis).
+"""API keys: how they are made and hashed, and where their records live (a JSON file, the database, Redis).
 
 Only a key's SHA-256 is ever stored; the key itself is shown once, by `sluice keys create`.
-Both stores are read afresh for each request (the file when it has changed), so a
-revocation reaches every worker of every host at once.
+The database (app/ledger/keystore.py) is the system of record; the file serves a single host;
+Redis holds only keys from before the database, until `sluice keys import` moves them.
 """
 from __future__ import annotations
 
@@ -23,17 +23,12 @@ from typing import Any
 
 import redis
 
+from app.access.key_store import KeyStore, KeyStoreError, check_budget, check_share
+
 KEY_PREFIX = "sluice-"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 LIMIT_FIELDS = ("rpm", "tpm", "max_concurrent")
-# The key's share when replica capacity is scarce (app/access/fair_queue.py): classes are strict
-# (a higher one is always admitted first), weights share capacity within a class.
-PRIORITIES = ("high", "normal", "low")
-MAX_WEIGHT = 1000
-
-
-class KeyStoreError(ValueError):
-    """A key store cannot be used as asked (unreadable file, duplicate or invalid name)."""
+__all__ = ["KeyStoreError"]  # re-exported: it used to live here
 
 
 def new_key() -> str:
@@ -63,6 +58,11 @@ class KeyRecord:
     created: str = ""
     weight: int = 1
     priority: str = "normal"
+    # Total tokens (prompt + completion) the key may use per budget_period (UTC day or month);
+    # None: no budget. admin: may read everyone's usage (GET /v1/usage).
+    budget_tokens: int | None = None
+    budget_period: str | None = None
+    admin: bool = False
 
     def matches(self, key_hash: str) -> bool:
         """Whether `key_hash` is this key's hash, compared in constant time."""
@@ -81,28 +81,25 @@ class KeyRecord:
             raise KeyStoreError(f"key {data['name']!r}: rpm, tpm and max_concurrent must be whole numbers >= 0")
         weight, priority = data.get("weight", 1), data.get("priority", "normal")
         check_share(weight, priority, f"key {data['name']!r}")
+        budget, period = data.get("budget_tokens"), data.get("budget_period")
+        check_budget(data["name"], budget, period)
         return cls(name=data["name"], sha256=data["sha256"], revoked=bool(data.get("revoked", False)),
-                   created=str(data.get("created", "")), weight=weight, priority=priority, **limits)
-
-
-def check_share(weight: Any, priority: Any, where: str) -> None:
-    """KeyStoreError unless `weight` is a whole number from 1 to MAX_WEIGHT and `priority` one of PRIORITIES."""
-    if isinstance(weight, bool) or not isinstance(weight, int) or not 1 <= weight <= MAX_WEIGHT:
-        raise KeyStoreError(f"{where}: weight must be a whole number from 1 to {MAX_WEIGHT}, not {weight!r}")
-    if priority not in PRIORITIES:
-        raise KeyStoreError(f"{where}: priority must be one of {', '.join(PRIORITIES)}, not {priority!r}")
+                   created=str(data.get("created", "")), weight=weight, priority=priority, budget_tokens=budget,
+                   budget_period=period if budget is not None else None, admin=bool(data.get("admin", False)),
+                   **limits)
 
 
 def new_record(name: str, key: str, *, rpm: int | None = None, tpm: int | None = None,
-               max_concurrent: int | None = None, weight: int = 1, priority: str = "normal") -> KeyRecord:
-    """The record of a new key under `name`."""
+               max_concurrent: int | None = None, **extra: Any) -> KeyRecord:
+    """The record of a new key under `name`; `extra`: other KeyRecord fields (weight, priority, budget, admin)."""
     if not NAME_PATTERN.fullmatch(name):
         raise KeyStoreError(f"invalid key name {name!r}: 1 to 64 letters, digits, '.', '_' or '-', "
                             "starting with a letter or digit")
-    check_share(weight, priority, f"key {name!r}")
+    check_share(extra.get("weight", 1), extra.get("priority", "normal"), f"key {name!r}")
+    check_budget(name, extra.get("budget_tokens"), extra.get("budget_period"))
     created = datetime.now(UTC).isoformat(timespec="seconds")
     return KeyRecord(name=name, sha256=hash_key(key), rpm=rpm, tpm=tpm, max_concurrent=max_concurrent,
-                     created=created, weight=weight, priority=priority)
+                     created=created, **extra)
 
 
 class FileKeyStore:
@@ -134,12 +131,17 @@ class FileKeyStore:
 
     def revoke(self, name: str) -> bool:
         """Mark the key `name` revoked; False when there is none."""
+        return self.update(name, revoked=True) is not None
+
+    def update(self, name: str, **changes: Any) -> KeyRecord | None:
+        """Change fields of the key `name` (limits, budget, admin); its new record, None when there is none."""
         with self._locked():
             records = self._read()
-            if not any(r.name == name for r in records):
-                return False
-            self._write([replace(r, revoked=True) if r.name == name else r for r in records])
-            return True
+            found = [replace(r, **changes) for r in records if r.name == name]
+            if not found:
+                return None
+            self._write([found[0] if r.name == name else r for r in records])
+            return found[0]
 
     def _refresh(self) -> None:
         # One stat per request: cheap, and the file is written by replacing it, so a change
@@ -235,40 +237,58 @@ class RedisKeyStore:
         self.client.set(self.RECORD.format(record.sha256), json.dumps(replace(record, revoked=True).to_json()))
         return True
 
+    def update(self, name: str, **changes: Any) -> KeyRecord | None:
+        return None  # Redis's keys are read only now: `sluice keys import` moves them to the database
+
 
 class KeyRing:
-    """The key stores configured: the keys file and, with Redis configured, Redis (where new keys go)."""
+    """The key stores: the keys file and the database (new keys go to the file when set), and Redis (read only)."""
 
-    def __init__(self, file: FileKeyStore | None, redis_store: RedisKeyStore | None) -> None:
+    def __init__(self, file: FileKeyStore | None, redis_store: RedisKeyStore | None,
+                 database: KeyStore | None = None) -> None:
         self.file = file
         self.redis = redis_store
+        self.database = database
 
     @classmethod
-    def from_settings(cls, settings: Mapping[str, Any], client: redis.Redis | None) -> KeyRing:
-        """The stores SLUICE_KEYS_FILE and SLUICE_REDIS_URL name (`client` is the Redis connection)."""
+    def from_settings(cls, settings: Mapping[str, Any], client: redis.Redis | None,
+                      database: KeyStore | None = None) -> KeyRing:
+        """The stores SLUICE_KEYS_FILE and SLUICE_REDIS_URL name (`client` is the Redis connection), and `database`."""
         return cls(FileKeyStore(settings["KEYS_FILE"]) if settings["KEYS_FILE"] else None,
-                   RedisKeyStore(client) if client is not None else None)
+                   RedisKeyStore(client) if client is not None else None, database)
 
     @property
-    def stores(self) -> list[FileKeyStore | RedisKeyStore]:
-        return [s for s in (self.file, self.redis) if s is not None]
+    def stores(self) -> list[KeyStore]:
+        return [s for s in (self.file, self.redis, self.database) if s is not None]
+
+    @property
+    def home(self) -> KeyStore:
+        """Where new keys go: the keys file, else the database, else (no database given) Redis."""
+        home = self.file or self.database or self.redis
+        if home is None:
+            raise KeyStoreError("no key store configured: set SLUICE_KEYS_FILE or SLUICE_DATABASE_URL")
+        return home
 
     def create(self, name: str, *, rpm: int | None = None, tpm: int | None = None,
-               max_concurrent: int | None = None, weight: int = 1, priority: str = "normal") -> tuple[str, KeyRecord]:
-        """Make a key named `name` (unique across stores); returns the key, which is stored nowhere."""
-        if not self.stores:
-            raise KeyStoreError("no key store configured: set SLUICE_KEYS_FILE or SLUICE_REDIS_URL")
+               max_concurrent: int | None = None, **extra: Any) -> tuple[str, KeyRecord]:
+        """Make a key named `name` (unique across stores; `extra`: the record's other fields); returns the key."""
+        home = self.home
         if any(record.name == name for _, record in self.records()):
             raise KeyStoreError(f"a key named {name!r} already exists")
         key = new_key()
-        record = new_record(name, key, rpm=rpm, tpm=tpm, max_concurrent=max_concurrent, weight=weight,
-                            priority=priority)
-        self.stores[-1].add(record)  # Redis when configured: every host sees it
+        record = new_record(name, key, rpm=rpm, tpm=tpm, max_concurrent=max_concurrent, **extra)
+        home.add(record)
         return key, record
 
     def revoke(self, name: str) -> bool:
         """Revoke `name` wherever it is stored; False when no store has it."""
         return any([store.revoke(name) for store in self.stores])  # a list: every store, no short cut
+
+    def update(self, name: str, **changes: Any) -> KeyRecord | None:
+        """Change fields of `name` in the store that holds it (not Redis: import its keys first)."""
+        check_budget(name, changes.get("budget_tokens"), changes.get("budget_period", "day"))
+        changed = [store.update(name, **changes) for store in (self.file, self.database) if store is not None]
+        return next((record for record in changed if record is not None), None)
 
     def records(self) -> list[tuple[str, KeyRecord]]:
         """(store kind, record) for every key, revoked ones included."""

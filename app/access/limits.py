@@ -1,5 +1,9 @@
 """Requests per minute per caller, with flask-limiter: a key's own rpm, else SLUICE_DEFAULT_RPM.
 
+Over a WebSocket each generation counts as one request, in the same bucket an HTTP request
+counts in (`count_generation`); the handshake itself counts nothing, but is refused once the
+caller's budget is spent.
+
 The counts live in Redis when it is configured, so a limit is exact across workers and
 hosts. They reach Redis through `SharedStorage`, which puts them under the gateway's one
 outage policy (app/access/shared_state.py) instead of flask-limiter's own fallback. Without
@@ -8,19 +12,22 @@ Redis they are counted per worker process, and the gateway says so loudly at sta
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any, TypeVar
 
-from flask import Flask, Response, g, has_app_context
+from flask import Flask, Response, current_app, g, has_app_context, request
 from flask.typing import ResponseReturnValue
 from flask_limiter import Limiter, RateLimitExceeded
+from limits import RateLimitItem, parse
 from limits.storage import MemoryStorage, RedisStorage, Storage
 
 from app.access.auth import client_identity, is_open_path, key_limit
 from app.access.shared_state import SharedState, get_shared_state, run_script
 from app.errors import ApiError, RateLimited, error_response
+from app.observe import metrics
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -92,6 +99,12 @@ class SharedStorage(Storage):
         return self.state.call(operation, lambda: use(self.redis), lambda: use(self.memory))
 
 
+KEY_PREFIX = "sluice"
+# flask-limiter's scope for application-wide limits: with the prefix and the caller, it names
+# the bucket an HTTP request counts in, which a WebSocket generation must count in too.
+APPLICATION_SCOPE = "global"
+
+
 def _this_request_windows() -> dict[str, tuple[int, float]]:
     """The windows this request's hits have seen (none outside a request)."""
     if not has_app_context():
@@ -106,6 +119,46 @@ def _this_request_windows() -> dict[str, tuple[int, float]]:
 def _rpm() -> str:
     # Never asked for a caller without a limit (exempt below); "0 per minute" would refuse all.
     return f"{max(1, key_limit('rpm'))} per minute"
+
+
+def is_websocket_handshake() -> bool:
+    """Whether this request opens a WebSocket (its generations are counted one by one instead)."""
+    return request.headers.get("Upgrade", "").lower() == "websocket"
+
+
+def _not_counted() -> bool:
+    return key_limit("rpm") == 0 or is_websocket_handshake()
+
+
+def _caller_bucket() -> tuple[RateLimitItem, list[str]]:
+    return parse(_rpm()), [KEY_PREFIX, client_identity(), APPLICATION_SCOPE]
+
+
+def _spent(item: RateLimitItem) -> RateLimited:
+    whose = "this key" if g.get("key_name") else "this client address"
+    return RateLimited(f"Request limit of {item} reached for {whose}; see Retry-After.", code="rate_limit_exceeded")
+
+
+def count_generation() -> None:
+    """Count one WebSocket generation as one request of its caller; 429 (an ApiError) when the budget is spent."""
+    if key_limit("rpm") == 0:
+        return
+    limiter: Limiter = current_app.extensions[EXTENSION]
+    item, bucket = _caller_bucket()
+    if not limiter.limiter.hit(item, *bucket):
+        metrics.count_rejection("rate")  # an HTTP 429 is counted by its status; this one is a message
+        raise _spent(item)
+
+
+def _refuse_spent_handshake() -> None:
+    if is_websocket_handshake() and key_limit("rpm") and not is_open_path():
+        limiter: Limiter = current_app.extensions[EXTENSION]
+        item, bucket = _caller_bucket()
+        if not limiter.limiter.test(item, *bucket):
+            error = _spent(item)
+            reset_at = limiter.limiter.get_window_stats(item, *bucket).reset_time
+            error.headers["Retry-After"] = str(max(1, math.ceil(reset_at - time.time())))
+            raise error
 
 
 def _rate_headers(limiter: Limiter, response: Response) -> Response:
@@ -126,9 +179,7 @@ def _rate_headers(limiter: Limiter, response: Response) -> Response:
 
 
 def _breached(exc: RateLimitExceeded) -> ResponseReturnValue:
-    whose = "this key" if g.get("key_name") else "this client address"
-    return error_response(RateLimited(f"Request limit of {exc.limit.limit} reached for {whose}; see Retry-After.",
-                                      code="rate_limit_exceeded"))
+    return error_response(_spent(exc.limit.limit))
 
 
 def init_app(app: Flask) -> None:
@@ -145,15 +196,16 @@ def init_app(app: Flask) -> None:
     limiter = Limiter(
         key_func=client_identity,
         application_limits=[_rpm],  # one budget per caller across every route
-        application_limits_exempt_when=lambda: key_limit("rpm") == 0,
+        application_limits_exempt_when=_not_counted,
         strategy="fixed-window",
         storage_uri=storage_uri,
         storage_options=storage_options,  # type: ignore[arg-type]  # our storage takes the state object
         headers_enabled=False,  # ours below: they must not turn a Redis hiccup into a 500
-        key_prefix="sluice",
+        key_prefix=KEY_PREFIX,
     )
     limiter.request_filter(is_open_path)
     limiter.init_app(app)
+    app.before_request(_refuse_spent_handshake)
     app.extensions[EXTENSION] = limiter
     app.after_request(partial(_rate_headers, limiter))
     app.register_error_handler(RateLimitExceeded, _breached)

@@ -76,6 +76,11 @@ class Api(flask_smorest.Api):
             self.spec.components.security_scheme("metricsToken", {
                 "type": "http", "scheme": "bearer", "description": "SLUICE_METRICS_TOKEN."})
             _require(paths["/metrics"], "metricsToken")
+        else:
+            for operation in paths["/metrics"].values():
+                operation["responses"].setdefault("403", {
+                    "description": "A client not on loopback (no SLUICE_METRICS_TOKEN is set).",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ApiError"}}}})
         if authentication_required(app.config):
             self.spec.components.security_scheme("apiKey", {
                 "type": "http", "scheme": "bearer", "description": "An API key made by `sluice keys create`."})

@@ -1,6 +1,8 @@
 """Liveness and readiness: /healthz says the process answers, /readyz that it can serve.
 
 /readyz reports the replicas as the worker that answers sees them (each worker checks them itself).
+Anyone gets its status code and overall state; replica URLs and failure reasons only the metrics
+token's bearer or a loopback client (app/access/operators.py).
 """
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from typing import Any
 
 from flask import current_app
 
+from app.access.operators import may_see_details
 from app.api.docs import error_responses
 from app.api.smorest import Blueprint
 from app.errors import Unavailable
@@ -49,14 +52,16 @@ def healthz() -> dict[str, str]:
 @blp.response(200, ReadinessSchema)
 @blp.doc(responses=error_responses(503))
 def readyz() -> dict[str, Any]:
-    """200 when at least one replica can serve (each is checked now); else 503 with the reasons."""
+    """200 when at least one replica can serve (each is checked now); else 503. Details for operators only."""
+    details = may_see_details()
     problem = engine_problem(current_app.config["ENGINE_STATE_FILE"])
     if problem:
-        raise Unavailable(problem, code="engine_not_ready")
+        raise Unavailable(problem if details else "An embedded engine is not running.", code="engine_not_ready")
     replicas = get_upstream().check_now()
     for replica in replicas:
         metrics.set_replica_up(replica["url"], replica["state"] in SERVING)
     if not any(r["state"] in SERVING for r in replicas):
         reasons = "; ".join(f"{r['url']}: {r['reason']}" for r in replicas)
-        raise Unavailable(f"no upstream replica can serve: {reasons}", code="upstream_not_ready")
-    return {"status": "ready", "replicas": replicas}
+        raise Unavailable(f"no upstream replica can serve: {reasons}" if details else "no upstream replica can serve",
+                          code="upstream_not_ready")
+    return {"status": "ready", "replicas": replicas} if details else {"status": "ready"}

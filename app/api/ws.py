@@ -8,7 +8,11 @@ connection, and one sent while a generation runs waits its turn.
   "finish_reason", "usage"} (finish_reason "cancelled" after a cancel), or instead
   {"type": "error", "id", "error": {...}} in the one error shape.
 The handshake is an ordinary GET through Flask, so every before_request hook (API keys)
-sees it. Server pings (SLUICE_WS_PING_INTERVAL) keep idle connections open.
+sees it. Each generation then counts against the key's request, token and concurrency limits
+as an HTTP request does (a refusal is an error message). Messages sent ahead of the running
+generation wait in a queue of SLUICE_WS_MAX_QUEUED_MESSAGES; one more is an error and a 1008
+close. When the worker stops, idle connections are closed at once (1001, going away) and busy
+ones after their generation. Server pings (SLUICE_WS_PING_INTERVAL) keep idle connections open.
 """
 from __future__ import annotations
 
@@ -18,21 +22,25 @@ from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
+from weakref import WeakSet
 
 import gevent
 from apispec import APISpec
-from flask import Flask
+from flask import Flask, current_app
 from flask.typing import ResponseReturnValue
 from flask_sock import Sock
 from marshmallow import ValidationError
 from simple_websocket import ConnectionClosed, Server
 from werkzeug.routing import WebsocketMismatch
+from wsproto.frame_protocol import CloseReason
 
 from app import gateway
+from app.access import limits
 from app.api.generate import NativeStreamTranslator, completion_request
 from app.errors import (
     ApiError,
     InvalidRequest,
+    RateLimited,
     ValidationFailed,
     error_response,
     from_validation_messages,
@@ -40,7 +48,8 @@ from app.errors import (
 )
 from app.exchange import COMPLETED, Exchange, failures_recorded
 from app.observe.request_id import current_request_id
-from app.relay.disconnect import CancelRequested, ClientDisconnected, Guard, interruptible
+from app.relay import shutdown
+from app.relay.disconnect import CancelRequested, ClientCancelled, ClientDisconnected, Guard, interruptible
 from app.relay.streaming import upstream_events
 from app.schemas import GenerateRequestSchema
 from app.upstream import get_upstream
@@ -52,6 +61,12 @@ PATH = "/v1/generate/ws"
 UPSTREAM_PATH = "/v1/completions"
 sock = Sock()
 _schema = GenerateRequestSchema()
+# This worker's open connections, for closing them when it stops.
+_open_connections: WeakSet[Connection] = WeakSet()
+
+
+class QueueOverflow(ClientCancelled):
+    """The client sent more messages ahead of its generation than the queue holds."""
 
 
 def init_app(app: Flask, spec: APISpec) -> None:
@@ -59,6 +74,7 @@ def init_app(app: Flask, spec: APISpec) -> None:
     app.config["SOCK_SERVER_OPTIONS"] = {"ping_interval": app.config["WS_PING_INTERVAL"] or None,
                                          "max_message_size": app.config["MAX_BODY_BYTES"]}
     sock.init_app(app)
+    shutdown.stopping.connect(_going_away)
     app.register_error_handler(WebsocketMismatch, _not_a_websocket_route)
     # OpenAPI 3 has no WebSocket operations: the handshake is documented as the GET it is.
     [rule] = [rule for rule in app.url_map.iter_rules() if rule.rule == PATH]
@@ -84,8 +100,14 @@ def _not_a_websocket_route(exc: WebsocketMismatch) -> ResponseReturnValue:
 
 @sock.route(PATH)
 def generate_ws(ws: Server) -> None:
-    """Serve generate requests on this connection until the client closes it."""
-    Connection(ws).serve()
+    """Serve generate requests on this connection until the client closes it (or the worker stops)."""
+    Connection(ws, current_app.config["WS_MAX_QUEUED_MESSAGES"],
+               current_app.config["MAX_SSE_EVENT_BYTES"]).serve()
+
+
+def _going_away(sender: object = None) -> None:
+    for connection in list(_open_connections):
+        connection.going_away()
 
 
 def parse_message(raw: str | bytes) -> dict[str, Any]:
@@ -110,22 +132,54 @@ def is_cancel(raw: str | bytes) -> bool:
 class Connection:
     """One client's WebSocket: its queue of requests and the generation running for it."""
 
-    def __init__(self, ws: Server) -> None:
+    def __init__(self, ws: Server, max_queued: int, max_event_bytes: int) -> None:
         self.ws = ws
         self.pending: deque[str | bytes] = deque()  # messages that arrived during a generation
+        self.max_queued = max_queued
+        self.max_event_bytes = max_event_bytes
         self.generations = 0
+        self.generating = False
+        self.stopping = False  # the worker is stopping: close once the running generation ends
+        _open_connections.add(self)
 
     def serve(self) -> None:
-        """Answer each message in turn; return when the client has gone."""
+        """Answer each message in turn; return when the client has gone or the worker stops."""
         try:
-            while True:
+            while not self.stopping:
+                if self.queued() > self.max_queued:
+                    raise QueueOverflow()
                 self.handle(self.pending.popleft() if self.pending else self.ws.receive())
+            self.close(CloseReason.GOING_AWAY, "server restarting")
+        except QueueOverflow:
+            with suppress(ClientDisconnected):
+                self.send({"type": "error", "error": RateLimited(
+                    f"More than {self.max_queued} messages sent ahead of the running generation "
+                    "(setting WS_MAX_QUEUED_MESSAGES).", code="too_many_messages").body()["error"]})
+            self.close(CloseReason.POLICY_VIOLATION, "too many messages")
         except (ClientDisconnected, ConnectionClosed):
             return
         except Exception:
             log.exception("unhandled error on %s", PATH)
             with suppress(ClientDisconnected):
                 self.send({"type": "error", "error": internal_error().body()["error"]})
+        finally:
+            _open_connections.discard(self)
+
+    def queued(self) -> int:
+        """Messages waiting: ours, and those the WebSocket library has read but not handed over."""
+        return len(self.pending) + len(self.ws.input_buffer)
+
+    def going_away(self) -> None:
+        """The worker stops: close now when idle, else once the running generation has ended."""
+        self.stopping = True
+        if not self.generating:
+            self.close(CloseReason.GOING_AWAY, "server restarting")
+
+    def close(self, reason: int, message: str) -> None:
+        """Send a close frame and wake whatever waits on the connection."""
+        with suppress(ConnectionClosed, OSError):
+            self.ws.close(reason, message)
+        self.ws.event.set()  # a receive() waiting for a message sees the connection closed
 
     def handle(self, raw: str | bytes) -> None:
         """Validate one message and run the generation it asks for; errors go back as messages."""
@@ -138,6 +192,7 @@ class Connection:
             if kind != "generate":
                 raise ValidationFailed(f"Unknown message type {kind!r}: send a generate request or "
                                        '{"type": "cancel"}.', param="type")
+            limits.count_generation()  # as an HTTP request is counted: before its validation
             body = validate(message)
             self.generations += 1
             request_id = f"{current_request_id()}-{self.generations}"
@@ -151,10 +206,11 @@ class Connection:
         exchange = gateway.new_exchange(payload, request_id)
         translator = NativeStreamTranslator()
         response = None
+        self.generating = True
         try:
-            with failures_recorded(exchange), cancel_on_message(self.ws, self.pending):
+            with failures_recorded(exchange), cancel_on_message(self.ws, self.pending, self.max_queued):
                 response = gateway.open_stream(UPSTREAM_PATH, payload, exchange)
-                for data in upstream_events(response, exchange):
+                for data in upstream_events(response, exchange, self.max_event_bytes):
                     event = translator.event(data)
                     if event and event.get("text"):
                         self.send({"type": "token", "id": request_id, "text": event["text"]})
@@ -163,6 +219,7 @@ class Connection:
         except CancelRequested:
             finish_reason = "cancelled"
         finally:
+            self.generating = False
             if response is not None:
                 response.close()  # a generation cut short: closing makes the upstream abort it
         self.send({"type": "done", "id": request_id, "finish_reason": finish_reason, "usage": usage(exchange)})
@@ -191,21 +248,21 @@ def usage(exchange: Exchange) -> dict[str, int]:
 
 
 @contextmanager
-def cancel_on_message(ws: Server, pending: deque[str | bytes]) -> Iterator[None]:
-    """Within this block, a cancel message or the client leaving interrupts the current greenlet.
+def cancel_on_message(ws: Server, pending: deque[str | bytes], max_queued: int) -> Iterator[None]:
+    """Within this block, a cancel message, the client leaving or a full queue interrupts the current greenlet.
 
     A watcher greenlet reads the client's messages meanwhile; other messages are queued in
-    `pending` for after the generation.
+    `pending` for after the generation, at most `max_queued` of them.
     """
     with interruptible() as guard:
-        watcher = gevent.spawn(_watch, ws, guard, pending)
+        watcher = gevent.spawn(_watch, ws, guard, pending, max_queued)
         try:
             yield
         finally:
             watcher.kill()
 
 
-def _watch(ws: Server, guard: Guard, pending: deque[str | bytes]) -> None:
+def _watch(ws: Server, guard: Guard, pending: deque[str | bytes], max_queued: int) -> None:
     while True:
         try:
             raw = ws.receive()
@@ -216,3 +273,6 @@ def _watch(ws: Server, guard: Guard, pending: deque[str | bytes]) -> None:
             guard.interrupt(CancelRequested())
             return
         pending.append(raw)
+        if len(pending) > max_queued:
+            guard.interrupt(QueueOverflow())
+            return

@@ -22,6 +22,7 @@ OVERHEAD_HEADER = "X-Sluice-Overhead-Ms"
 _REJECTION_BY_STATUS = {401: "auth", 429: "rate"}
 # Admission's refusals (app/access/admission.py), by error code.
 _REJECTION_BY_CODE = {"token_limit_exceeded": "tokens", "concurrency_limit_exceeded": "concurrency",
+                      "budget_exceeded": "budget",
                       "gateway_full": "overload", "gateway_busy": "overload"}
 # An upstream that passes on a client fault (unknown model, prompt too long) names a model it
 # does not serve: such names are not used as label values.

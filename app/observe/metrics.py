@@ -17,7 +17,7 @@ from flask import g, has_request_context, request
 from prometheus_client import Counter, Gauge, Histogram
 
 ANONYMOUS = "anonymous"
-REJECTION_REASONS = ("auth", "rate", "tokens", "concurrency", "overload")
+REJECTION_REASONS = ("auth", "rate", "tokens", "concurrency", "budget", "overload")
 
 # Generations last seconds to minutes; the gateway's own share should be milliseconds.
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -62,6 +62,11 @@ UPSTREAM_ERRORS = Counter("sluice_upstream_errors_total", "Generations that fail
                           "(the error code clients see) and replica.", ["kind", "replica"])
 SHARED_STATE_ERRORS = Counter("sluice_shared_state_errors_total", "Redis operations that failed and were served by "
                               "the configured failure mode (SLUICE_REDIS_FAILURE_MODE).", ["operation"])
+LEDGER_ROWS = Counter("sluice_ledger_rows_total", "Usage ledger rows, by what became of them: written to the "
+                      "database, or dropped because the worker's buffer was full while the database was away.",
+                      ["result"])
+LEDGER_BUFFERED = Gauge("sluice_ledger_rows_buffered", "Usage ledger rows waiting in the workers' buffers.",
+                        multiprocess_mode="livesum")
 REPLICA_UP = Gauge("sluice_replica_up", "1 when the replica is in rotation (healthy or recovering), else 0.",
                    ["replica"], multiprocess_mode="mostrecent")
 REPLICA_OUTSTANDING = Gauge("sluice_replica_outstanding_requests", "Requests the gateway has open on the replica.",

@@ -15,20 +15,21 @@ import requests
 
 from app.errors import ApiError, UpstreamBadResponse
 from app.exchange import Exchange
-from app.relay.streaming import StreamFormat, UpstreamBody
+from app.relay.streaming import StreamFormat, UpstreamBody, event_too_large
 from app.upstream import errors as upstream_errors
 from app.upstream.http import TRANSPORT_ERRORS
-from app.upstream.sse import EventBlockParser, named_event, split_event
+from app.upstream.sse import DEFAULT_MAX_EVENT_BYTES, EventBlockParser, EventTooLarge, named_event, split_event
 
 # Events after which the upstream sends nothing more.
 FINAL_EVENTS = frozenset((b"response.completed", b"response.incomplete", b"response.failed", b"error"))
 ERROR_EVENT = b"error"
 
 
-def named_upstream_batches(response: UpstreamBody, exchange: Exchange) -> Iterator[list[bytes]]:
+def named_upstream_batches(response: UpstreamBody, exchange: Exchange,
+                           max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> Iterator[list[bytes]]:
     """The upstream events framed for the client (`event:` and `data:`), those of one read together, up to
     the final one; failures as ApiError."""
-    parser = EventBlockParser()
+    parser = EventBlockParser(max_event_bytes)
     try:
         for chunk in response.iter_content(chunk_size=None):
             batch = []
@@ -46,6 +47,8 @@ def named_upstream_batches(response: UpstreamBody, exchange: Exchange) -> Iterat
                 yield batch
     except (requests.RequestException, *TRANSPORT_ERRORS) as exc:
         raise upstream_errors.from_exception(exc, exchange.replica or "upstream") from None
+    except EventTooLarge as exc:
+        raise event_too_large(exc, exchange) from None
     raise UpstreamBadResponse(f"upstream {exchange.replica or 'upstream'} ended the stream before its final "
                               "event (response.completed)", code="upstream_truncated")
 

@@ -1,13 +1,11 @@
 """Relay an upstream SSE response to the client, as the upstream produces it.
 
-`upstream_batches` is the one reader of a streaming upstream response (SSE parsing, usage
+`upstream_events` is the one reader of a streaming upstream response (SSE parsing, usage
 accounting, transport failures); the SSE relay here and the WebSocket both consume it.
-What one read of the upstream socket brought is written to the client in one piece: when
-the worker falls behind, events that arrived together leave together, one write instead
-of one per event (event boundaries kept), which is what keeps the cost per token down
-under load.
 Whatever goes wrong after the first byte is sent as an error event followed by [DONE]:
-a stream never just stops. A client that leaves ends the relay and closes the upstream.
+a stream never just stops. One upstream event larger than SLUICE_MAX_SSE_EVENT_BYTES is
+such a failure (upstream_event_too_large): the parser holds at most that much. A client
+that leaves ends the relay and closes the upstream.
 """
 from __future__ import annotations
 
@@ -24,7 +22,7 @@ from app.exchange import CLIENT_CANCELLED, CLIENT_CLOSED_STATUS, COMPLETED, Exch
 from app.relay.disconnect import ClientCancelled, cancel_on_disconnect
 from app.upstream import errors as upstream_errors
 from app.upstream.http import TRANSPORT_ERRORS
-from app.upstream.sse import SSEParser
+from app.upstream.sse import DEFAULT_MAX_EVENT_BYTES, EventTooLarge, SSEParser
 
 DONE = b"data: [DONE]\n\n"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -34,7 +32,7 @@ EventTransform = Callable[[bytes], "bytes | None"]
 
 
 class UpstreamBody(Protocol):
-    """What the relay reads: an upstream response (app/upstream/http.py), or the pool's Lease standing for one."""
+    """What the relay reads: a requests.Response, or the pool's Lease standing for one."""
 
     def iter_content(self, chunk_size: int | None = None) -> Iterator[bytes]: ...
 
@@ -42,15 +40,16 @@ class UpstreamBody(Protocol):
 
 
 def relay_response(upstream: UpstreamBody, environ: dict[str, Any], transform: EventTransform,
-                   exchange: Exchange, stream_format: StreamFormat | None = None) -> Response:
+                   exchange: Exchange, stream_format: StreamFormat | None = None,
+                   max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> Response:
     """A text/event-stream response relaying `upstream`, which the caller has opened.
 
     Opening happens before this, in the view, so that failures before the first byte are
     ordinary HTTP errors; from here on they are error events. gunicorn sends each yielded
     piece at once.
     """
-    response = Response(relay(upstream, environ, transform, exchange, stream_format), mimetype="text/event-stream",
-                        headers=SSE_HEADERS)
+    response = Response(relay(upstream, environ, transform, exchange, stream_format, max_event_bytes),
+                        mimetype="text/event-stream", headers=SSE_HEADERS)
     # A generator that never started ignores close(): close the upstream here too.
     response.call_on_close(upstream.close)
     response.call_on_close(lambda: exchange.finish(CLIENT_CANCELLED, CLIENT_CLOSED_STATUS))
@@ -58,12 +57,13 @@ def relay_response(upstream: UpstreamBody, environ: dict[str, Any], transform: E
 
 
 def relay(response: UpstreamBody, environ: dict[str, Any], transform: EventTransform,
-          exchange: Exchange, stream_format: StreamFormat | None = None) -> Iterator[bytes]:
+          exchange: Exchange, stream_format: StreamFormat | None = None,
+          max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> Iterator[bytes]:
     """Yield the client's SSE bytes for each upstream event; the upstream is closed when done."""
     framing = stream_format or DATA_EVENTS
     try:
         with failures_recorded(exchange), cancel_on_disconnect(environ) as guard:
-            for batch in framing.batches(response, exchange):
+            for batch in framing.batches(response, exchange, max_event_bytes):
                 out, error = _transformed(batch, transform)
                 if out:
                     with guard.writing_to_client():
@@ -95,16 +95,18 @@ def _transformed(batch: list[bytes], transform: EventTransform) -> tuple[bytes, 
     return b"".join(pieces), None
 
 
-def upstream_events(response: UpstreamBody, exchange: Exchange) -> Iterator[bytes]:
+def upstream_events(response: UpstreamBody, exchange: Exchange,
+                    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> Iterator[bytes]:
     """The data of each upstream SSE event up to [DONE], noted on `exchange`; failures as ApiError."""
-    for batch in upstream_batches(response, exchange):
+    for batch in upstream_batches(response, exchange, max_event_bytes):
         yield from batch
 
 
-def upstream_batches(response: UpstreamBody, exchange: Exchange) -> Iterator[list[bytes]]:
+def upstream_batches(response: UpstreamBody, exchange: Exchange,
+                     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> Iterator[list[bytes]]:
     """The data of the upstream SSE events up to [DONE], those of one read together, noted on
     `exchange`; failures as ApiError."""
-    parser = SSEParser()
+    parser = SSEParser(max_event_bytes)
     try:
         # Each piece is what the upstream socket held (app/upstream/http.py): no waiting for more.
         for chunk in response.iter_content(chunk_size=None):
@@ -121,8 +123,16 @@ def upstream_batches(response: UpstreamBody, exchange: Exchange) -> Iterator[lis
                 return
     except (requests.RequestException, *TRANSPORT_ERRORS) as exc:
         raise upstream_errors.from_exception(exc, exchange.replica or "upstream") from None
+    except EventTooLarge as exc:
+        raise event_too_large(exc, exchange) from None
     raise UpstreamBadResponse(f"upstream {exchange.replica or 'upstream'} ended the stream without [DONE]",
                               code="upstream_truncated")
+
+
+def event_too_large(exc: EventTooLarge, exchange: Exchange) -> ApiError:
+    """The error for an upstream event over MAX_SSE_EVENT_BYTES (the parser stopped buffering it)."""
+    return UpstreamBadResponse(f"upstream {exchange.replica or 'upstream'} sent an event larger than "
+                               f"{exc.limit} bytes (setting MAX_SSE_EVENT_BYTES)", code="upstream_event_too_large")
 
 
 def _usage_of(data: bytes) -> Any:
@@ -136,8 +146,9 @@ def _usage_of(data: bytes) -> Any:
 class StreamFormat:
     """How a kind of stream is read from the upstream and ended for the client."""
 
-    # The upstream's events, for the transform: those of one read of the socket together.
-    batches: Callable[[UpstreamBody, Exchange], Iterator[list[bytes]]]
+    # The upstream's events, for the transform, those of one read of the socket together; the
+    # third argument bounds one event's bytes.
+    batches: Callable[[UpstreamBody, Exchange, int], Iterator[list[bytes]]]
     ending: bytes  # sent after the last event (nothing: b"")
     error_event: Callable[[ApiError], bytes]  # a failure after the first byte, as the stream's last bytes
 

@@ -35,6 +35,11 @@ class OllamaResponse:
         if pending.strip():  # a last line without its newline
             yield self._answer.events(pending)
 
+    @property
+    def headers(self) -> Any:
+        """The Ollama response's headers (the gateway checks a blocking answer's Content-Length)."""
+        return self._response.headers
+
     def json(self) -> dict[str, Any]:
         """The OpenAI body for a non-streamed answer."""
         return self._answer.whole(self._response.json())

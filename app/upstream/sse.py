@@ -1,9 +1,23 @@
 """Server-Sent Events: an incremental parser (bytes in, complete `data` payloads out) and the framing.
 
 Upstream chunks may split an event, a line, or a `\r\n` pair anywhere; the parser keeps
-the unfinished tail and yields an event only once its blank line has arrived.
+the unfinished tail and yields an event only once its blank line has arrived. Its work is
+linear in its input: each chunk is appended once and searched from where the last search
+stopped, however many chunks one event spans. An unfinished event larger than its bound
+raises EventTooLarge, so an upstream cannot make the gateway buffer without end.
 """
 from __future__ import annotations
+
+# Large enough for any event vLLM sends; the gateway passes SLUICE_MAX_SSE_EVENT_BYTES.
+DEFAULT_MAX_EVENT_BYTES = 32 * 1024 * 1024
+
+
+class EventTooLarge(ValueError):
+    """An event grew past the parser's bound before its end arrived."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"an event is larger than {limit} bytes")
+        self.limit = limit
 
 
 def sse_event(payload: bytes) -> bytes:
@@ -14,8 +28,10 @@ def sse_event(payload: bytes) -> bytes:
 class SSEParser:
     """Feed it raw bytes as they arrive; it returns the data of each event completed so far."""
 
-    def __init__(self) -> None:
-        self._pending = b""  # the unfinished event, line ends already made \n
+    def __init__(self, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
+        self.max_event_bytes = max_event_bytes
+        self._pending = bytearray()  # the unfinished event, line ends already made \n
+        self._searched = 0  # bytes of _pending known to hold no event end (b"\n\n")
         self._after_cr = False  # the last chunk ended with \r: a \n opening the next is its pair
 
     def feed(self, chunk: bytes) -> list[bytes]:
@@ -27,12 +43,22 @@ class SSEParser:
         self._after_cr = chunk.endswith(b"\r")
         if b"\r" in chunk:
             chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        *complete, self._pending = (self._pending + chunk).split(b"\n\n")
+        pending = self._pending
+        pending += chunk
         events = []
-        for block in complete:
-            data = self._event_data(block)
+        start, search_from = 0, max(self._searched - 1, 0)  # an end may straddle the old tail
+        while (end := pending.find(b"\n\n", search_from)) != -1:
+            if end - start > self.max_event_bytes:
+                raise EventTooLarge(self.max_event_bytes)
+            data = self._event_data(bytes(pending[start:end]))
             if data is not None:
                 events.append(data)
+            start = search_from = end + 2
+        if start:
+            del pending[:start]  # once per chunk: what is left is one unfinished event
+        self._searched = len(pending)
+        if len(pending) > self.max_event_bytes:
+            raise EventTooLarge(self.max_event_bytes)
         return events
 
     @property

@@ -109,6 +109,10 @@ def test_keys_reach_neither_the_log_nor_the_metrics(gateway, ring):
     metrics = scrape(gateway).text
     assert 'key_name="leak-check"' in metrics, "the key is known by its name"
     log = gateway.log_path.read_text()
-    assert log.count('"key_name": "leak-check"') == 3, "a log line per generation, naming the key"
+    records = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    named = [r["event"] for r in records if r.get("key_name") == "leak-check"]
+    assert named.count("generation") == 3, "a log line per generation, naming the key"
+    assert any(r.get("event") == "request" and r["status"] == 429 and r["key_name"] == "leak-check"
+               for r in records), "the refused request's line names the key too"
     assert key not in metrics and key not in log
     assert key[7:] not in log and basic not in log, "not even in part, nor encoded"

@@ -180,8 +180,12 @@ def test_request_id_in_response_upstream_and_log_line_and_no_secret_logged(gatew
     assert reply.json()["id"] == "cmpl-trace-me-42", "the simulator names its completion after the request id it got"
     assert float(reply.headers["X-Sluice-Overhead-Ms"]) > 0
     wait_until(lambda: any(line.get("request_id") == "trace-me-42" for line in log_lines(gateway)), 5, "the log line")
-    [line] = [line for line in log_lines(gateway) if line.get("request_id") == "trace-me-42"]
-    assert (line["event"], line["outcome"], line["completion_tokens"]) == ("generation", "completed", 2)
+    wait_until(lambda: len([line for line in log_lines(gateway) if line.get("request_id") == "trace-me-42"]) == 2,
+               5, "the request's line, after its generation's")
+    generation, request = [line for line in log_lines(gateway) if line.get("request_id") == "trace-me-42"]
+    assert (generation["event"], generation["outcome"], generation["completion_tokens"]) == ("generation",
+                                                                                           "completed", 2)
+    assert (request["event"], request["status"], request["route"]) == ("request", 200, "/v1/generate")
     assert "sk-never-log-me" not in gateway.log_path.read_text()
 
 

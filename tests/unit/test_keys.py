@@ -72,14 +72,19 @@ def test_redis_store(redis_client):
     assert not ring.revoke("nobody")
 
 
-def test_new_keys_go_to_redis_and_names_are_unique_across_stores(tmp_path, redis_client):
-    ring = KeyRing(FileKeyStore(tmp_path / "keys.json"), RedisKeyStore(redis_client))
-    KeyRing(ring.file, None).create("in-file")
-    _, record = ring.create("in-redis")
-    assert ring.redis.lookup(record.sha256) == record and ring.file.lookup(record.sha256) is None
+def test_new_keys_go_to_the_file_else_the_database_and_names_are_unique_across_stores(tmp_path, redis_client):
+    from app.ledger import connect
+    from app.ledger.keystore import DatabaseKeyStore
+
+    database = DatabaseKeyStore(connect({"DATABASE_URL": f"sqlite:///{tmp_path / 'sluice.db'}"}))
+    KeyRing(FileKeyStore(tmp_path / "keys.json"), None, database).create("in-file")
+    ring = KeyRing(None, RedisKeyStore(redis_client), database)
+    _, record = ring.create("in-database", budget_tokens=10, budget_period="month")
+    assert database.lookup(record.sha256) == record and ring.redis.lookup(record.sha256) is None
+    ring.file = FileKeyStore(tmp_path / "keys.json")
     with pytest.raises(KeyStoreError, match="already exists"):
         ring.create("in-file")
-    assert [(kind, r.name) for kind, r in ring.records()] == [("file", "in-file"), ("redis", "in-redis")]
+    assert [(kind, r.name) for kind, r in ring.records()] == [("file", "in-file"), ("database", "in-database")]
 
 
 @pytest.mark.parametrize("name", ["", "-dash-first", "has space", "a" * 65, "key:colon"])
@@ -89,7 +94,7 @@ def test_invalid_names_are_refused(tmp_path, name):
 
 
 def test_no_store_configured_says_which_settings_to_set():
-    with pytest.raises(KeyStoreError, match="SLUICE_KEYS_FILE or SLUICE_REDIS_URL"):
+    with pytest.raises(KeyStoreError, match="SLUICE_KEYS_FILE or SLUICE_DATABASE_URL"):
         KeyRing(None, None).create("x")
 
 

@@ -43,7 +43,9 @@ def serve_once(response: bytes, then_close: bool = False) -> tuple[int, threadin
     def run() -> None:
         conn, _ = listener.accept()
         with conn, listener:
-            conn.recv(65536)
+            request = b""
+            while not request.endswith(b"\r\n\r\n{}"):  # the whole request: unread bytes would make close() a reset
+                request += conn.recv(65536)
             conn.sendall(response)
             if not then_close:
                 conn.recv(1)  # until the client closes or reuses it

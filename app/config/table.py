@@ -1,70 +1,10 @@
-"""Every setting of Sluice: one name, one default, one environment variable, one doc line.
+"""The table of every setting, grouped by what it governs (rendered in docs/configuration.md).
 
-This module imports nothing but the standard library, because gunicorn.conf.py loads it
-in the gunicorn master, before gevent patches the standard library in each worker.
+Standard library only (see app/config/__init__.py).
 """
 from __future__ import annotations
 
-import ipaddress
-import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
-
-ENV_PREFIX = "SLUICE_"
-
-
-class ConfigError(ValueError):
-    """A setting has a value Sluice cannot use; the message names the setting."""
-
-
-def _parse_bool(raw: str) -> bool:
-    lowered = raw.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off", ""):
-        return False
-    raise ValueError("expected true or false")
-
-
-_PARSERS: dict[type, Callable[[str], Any]] = {str: str, int: int, float: float, bool: _parse_bool}
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One setting: its name in app.config, its type, default, bounds and documentation."""
-
-    name: str
-    type: type
-    default: Any
-    doc: str
-    minimum: float | None = None
-    maximum: float | None = None
-    choices: tuple[str, ...] | None = None
-
-    @property
-    def env_var(self) -> str:
-        return ENV_PREFIX + self.name
-
-    def coerce(self, value: Any) -> Any:
-        """Turn a raw value (a string from the environment, or a Python value) into this type."""
-        if isinstance(value, str) and self.type is not str:
-            try:
-                value = _PARSERS[self.type](value)
-            except ValueError:
-                raise ValueError(f"expected {self.type.__name__}, got {value!r}") from None
-        elif self.type is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, self.type) or (self.type is int and isinstance(value, bool)):
-            raise ValueError(f"expected {self.type.__name__}")
-        if self.minimum is not None and value < self.minimum:  # type: ignore[operator]  # int or float here
-            raise ValueError(f"must be at least {self.minimum:g}")
-        if self.maximum is not None and value > self.maximum:  # type: ignore[operator]  # int or float here
-            raise ValueError(f"must be at most {self.maximum:g}")
-        if self.choices is not None and value not in self.choices:
-            raise ValueError(f"must be one of {', '.join(self.choices)}")
-        return value
-
+from .setting import Setting
 
 MiB = 1024 * 1024
 
@@ -133,6 +73,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MAX_BODY_BYTES", int, 1 * MiB, "Largest request body accepted; larger gets 413.", minimum=1),
     Setting("MAX_PROMPT_CHARS", int, 32_000, "Longest prompt accepted, in characters; longer gets 422.", minimum=1),
     Setting("MAX_TOKENS_LIMIT", int, 4096, "Largest max_tokens a request may ask for; larger gets 422.", minimum=1),
+    Setting("MAX_N", int, 8, "Largest n and best_of; 422 above. Tokens are reserved per completion.", minimum=1),
+    Setting("MAX_UPSTREAM_BODY_BYTES", int, 32 * MiB, "Largest blocking upstream answer; 502 above.", minimum=1),
+    Setting("MAX_SSE_EVENT_BYTES", int, 32 * MiB, "Largest upstream stream event; an error event above.", minimum=1),
     # --- compatible API, WebSocket, model names and upstream kinds ---
     Setting("UPSTREAM_KIND", str, "vllm",
             "What the upstream is: vllm; ollama (its native /api/generate and /api/chat, translated); or "
@@ -150,9 +93,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("WS_PING_INTERVAL", float, 25.0,
             "Seconds between pings on /v1/generate/ws, which keep idle connections open through proxies; a "
             "client that has not answered the previous ping is disconnected. 0 turns pings off.", minimum=0),
+    Setting("WS_MAX_QUEUED_MESSAGES", int, 16, "Messages a WebSocket may queue; a 1008 close above.", minimum=1),
     # --- observability (metrics, logs) ---
-    Setting("METRICS_TOKEN", str, "",
-            "Bearer token GET /metrics requires. Empty: /metrics is open (keep it off the public network)."),
+    Setting("METRICS_TOKEN", str, "", "Bearer token for /metrics and /readyz's details. Empty: loopback clients only."),
     Setting("METRICS_DIR", str, "",
             "Folder where gunicorn workers keep their metrics (prometheus-client multiprocess mode); emptied "
             "at start. Empty: a new folder in the system temp folder, removed at exit."),
@@ -188,13 +131,26 @@ SETTINGS: tuple[Setting, ...] = (
             "JSON file of API keys (stored as SHA-256 hashes), written by `sluice keys`. Setting it, or "
             "REDIS_URL, makes every API request need a key."),
     Setting("REDIS_URL", str, "",
-            "Redis for API keys, request and token limits and in-flight counts shared by every worker and "
-            "host, e.g. redis://127.0.0.1:6379/0. Empty: limits are counted per worker process."),
+            "Redis for request and token limits, budgets' counts and in-flight counts shared by every worker and "
+            "host, and key revocations announced at once, e.g. redis://127.0.0.1:6379/0. It holds only what may "
+            "be lost (keys live in the database). Empty: limits are counted per worker process."),
     Setting("REDIS_TIMEOUT", float, 1.0, "Seconds to connect to Redis, or to wait for its answer, before it "
             "counts as down.", minimum=0.001),
     Setting("REDIS_FAILURE_MODE", str, "open",
             "When Redis is down: `open` keeps serving with per-process limits (a warning is logged), "
             "`closed` refuses with 503. Unknown keys are never let in either way.", choices=("open", "closed")),
+    # --- the system of record: keys, budgets, usage (docs/usage.md) ---
+    Setting("DATABASE_URL", str, "",
+            "Database holding API keys, budgets and the usage ledger: postgresql://USER:PASSWORD@HOST/NAME when "
+            "several hosts share them, or sqlite:///PATH. Empty: sluice.db (SQLite, WAL) in the instance folder."),
+    Setting("LEDGER", bool, True, "Record one usage row per generation that reached admission (docs/usage.md)."),
+    Setting("LEDGER_BUFFER", int, 100_000,
+            "Usage rows a worker keeps while the database is down or slow; past it rows are dropped and counted "
+            "(sluice_ledger_rows_total{result=\"dropped\"}).", minimum=1),
+    Setting("USAGE_RETENTION_DAYS", int, 400,
+            "Days of usage rows kept; older rows are deleted in small batches. 0: keep everything. Keep more "
+            "than 31 with monthly budgets (a Redis restarted empty re-reads the month from the ledger).",
+            minimum=0),
     Setting("ALLOW_UNAUTHENTICATED", bool, False,
             "Allow serving without API keys on an address other than loopback. Without it, a gateway "
             "with no keys configured refuses to start there."),
@@ -223,80 +179,3 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("QUEUE_POLICY", str, "fair", "Order in which waiting requests get replica capacity: fair (priority "
             "classes, then keys by weight) or fifo.", choices=("fair", "fifo")),
 )
-
-SETTINGS_BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
-
-
-def load(overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Resolve every setting: its default, then the environment, then explicit overrides."""
-    environ = os.environ if environ is None else environ
-    overrides = dict(overrides or {})
-    unknown = sorted(set(overrides) - set(SETTINGS_BY_NAME))
-    if unknown:
-        raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
-    resolved: dict[str, Any] = {}
-    for setting in SETTINGS:
-        if setting.name in overrides:
-            raw, source = overrides[setting.name], f"setting {setting.name}"
-        elif setting.env_var in environ:
-            raw = environ[setting.env_var]
-            source = f"environment variable {setting.env_var}={raw!r}"
-        else:
-            raw, source = setting.default, f"default of {setting.name}"
-        try:
-            resolved[setting.name] = setting.coerce(raw)
-        except ValueError as exc:
-            raise ConfigError(f"{source}: {exc}") from None
-    _refuse_open_exposure(resolved)
-    return resolved
-
-
-def authentication_required(settings: Mapping[str, Any]) -> bool:
-    """True when a key store is configured: then every API request needs a key."""
-    return bool(settings["KEYS_FILE"] or settings["REDIS_URL"])
-
-
-def is_loopback_bind(address: str) -> bool:
-    """True when a gunicorn bind address (host:port, [v6]:port, unix:path) only accepts local clients."""
-    address = address.strip()
-    if address.startswith("unix:"):
-        return True
-    if address.startswith("["):
-        host = address[1:address.find("]")]
-    elif address.count(":") == 1:
-        host = address.split(":")[0]
-    else:
-        host = address  # a bare host (gunicorn's default port) or a bare IPv6 address
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        # Empty (every interface), fd://, or a host name: nothing proves it stays local.
-        return False
-
-
-def exposed_binds(settings: Mapping[str, Any]) -> list[str]:
-    """The bind addresses that accept clients from other machines."""
-    return [a.strip() for a in settings["BIND"].split(",") if not is_loopback_bind(a)]
-
-
-def _refuse_open_exposure(settings: Mapping[str, Any]) -> None:
-    # Checked here, where gunicorn.conf.py and create_app both load the settings, so neither can
-    # start a gateway that anyone on the network could use without a key.
-    exposed = exposed_binds(settings)
-    if exposed and not authentication_required(settings) and not settings["ALLOW_UNAUTHENTICATED"]:
-        raise ConfigError(
-            f"{ENV_PREFIX}BIND={settings['BIND']!r} accepts clients from other machines ({', '.join(exposed)}) "
-            f"but no API keys are configured ({ENV_PREFIX}KEYS_FILE or {ENV_PREFIX}REDIS_URL): refusing to "
-            f"serve without authentication. Configure keys, bind 127.0.0.1, or set "
-            f"{ENV_PREFIX}ALLOW_UNAUTHENTICATED=true.")
-
-
-def markdown_table() -> str:
-    """The settings as the table in docs/configuration.md (kept in sync by a test)."""
-    lines = ["| Environment variable | Default | Meaning |", "|---|---|---|"]
-    for s in SETTINGS:
-        default = f"`{s.default}`" if s.default != "" else "(empty)"
-        lines.append(f"| `{s.env_var}` | {default} | {s.doc} |")
-    return "\n".join(lines) + "\n"
