@@ -32,12 +32,13 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     from app.api import generate, health, metrics_endpoint, openai, pooling, responses, tokenize, usage, ws
     from app.api.docs import Api
     from app.observe import instrument, logs, request_id
-    from app.relay import client_body, proxies, shutdown
+    from app.relay import after_send, client_body, proxies, shutdown
 
     # The order of their before_request hooks is the order below: a request's key and request
     # limit are checked before a byte of its body is read.
     logs.init_app(app)
     request_id.init_app(app)
+    after_send.init_app(app)
     instrument.init_app(app)
     shared_state.init_app(app)  # Redis, if configured, and its outage policy: before its users below
     ledger.init_app(app)  # the database (keys, usage): before auth and admission, which read it

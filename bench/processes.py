@@ -128,6 +128,20 @@ class Gateway(Service):
         wait_until(lambda: requests.get(self.url + "/healthz", timeout=1).ok, timeout, "gateway", self.proc)
 
 
+class SeedFlask(Service):
+    """The guide's 20-line Flask + requests proxy (bench/seed/app.py) as it runs it: gunicorn -k gevent -w 1."""
+
+    def __init__(self, upstream_url: str, log: Path | None = None, timeout: float = 30) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__("seed-flask", [str(BIN / "gunicorn"), "-c", "bench/seed/gunicorn.conf.py",
+                                        "-b", f"127.0.0.1:{self.port}", "bench.seed.app:app"],
+                         env={"VLLM_URL": upstream_url}, log=log)
+        # The seed has no health route: any HTTP answer (405 to a GET) means it is up.
+        wait_until(lambda: requests.get(self.url + "/v1/completions", timeout=1).status_code == 405, timeout,
+                   "seed-flask", self.proc)
+
+
 class Redis(Service):
     """A throwaway redis-server on a free loopback port: no persistence, nothing left on disk."""
 

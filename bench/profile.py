@@ -115,6 +115,9 @@ def run(workdir: Path, out: Path) -> dict[str, Any]:
     """Profile the 1-worker design under each scenario; the collapsed stacks go to OUT/profile-*.txt.gz
     (flamegraph.pl and speedscope read them unzipped)."""
     results: dict[str, Any] = {"rate": RATE, "seconds": SECONDS, "scenarios": {}}
+    # Its own folder: the suite's keys file (same work folder) already holds the key it named.
+    workdir = workdir / "profile"
+    workdir.mkdir(exist_ok=True)
     features = switch_on(workdir, dict(os.environ))
     try:
         for name, (unit, sim_args, load) in SCENARIOS.items():

@@ -22,13 +22,15 @@ from gevent.lock import BoundedSemaphore
 from app.access import replica_slots
 from app.access.auth import client_identity, key_limit
 from app.access.budgets import Budget, BudgetCounter, Budgets, Seed, budget_of
-from app.access.counters import Counters, MemoryCounters, RedisCounters
+from app.access.counters import Counters, MemoryCounters, RedisCounters, Slot, Tokens
+from app.access.releases import BatchedReleases
 from app.access.shared_state import SharedState, get_shared_state
 from app.errors import RateLimited, Unavailable
 from app.exchange import GENERATION, NO_TOKENS, Exchange, finished
 from app.ledger import EXTENSION as LEDGER_EXTENSION
 from app.ledger.tables import utcnow
 from app.observe import metrics
+from app.relay import after_send
 from app.relay.disconnect import cancel_on_disconnect
 
 EXTENSION = "sluice.admission"
@@ -115,18 +117,29 @@ class Admission:
         if self.in_gate:
             self.in_gate = False
             admitter.gate.leave()
-        if self.slot is not None and self.slot_backend is not None:
-            bucket, slot, self.slot = admitter.bucket("inflight", self.identity), self.slot, None
-            admitter.give_back(self.slot_backend, "slots.release", lambda c: c.give_slot(bucket, slot))
+        backend = self.slot_backend or self.token_backend  # one hold took both
+        slot, self.slot = self.slot or "", None
+        delta = 0
         if self.reserved and self.token_backend is not None:
-            bucket, delta, self.reserved = (admitter.bucket("tokens", self.identity),
-                                            self.tokens_spent(exchange) - self.reserved, 0)
-            if delta:
-                admitter.give_back(self.token_backend, "tokens.settle", lambda c: c.settle(bucket, delta))
+            delta, self.reserved = self.tokens_spent(exchange) - self.reserved, 0
         if self.budget_reserved and self.budget is not None and self.budget_counter is not None:
             spent, self.budget_reserved = self.tokens_spent(exchange) - self.budget_reserved, 0
             if spent:
                 admitter.budgets.settle(self.budget_counter, self.budget, spent)
+        if backend is None or not (slot or delta):
+            return
+        slots, tokens = Slot(admitter.bucket("inflight", self.identity), slot), \
+            Tokens(admitter.bucket("tokens", self.identity), delta)
+
+        def give_back() -> None:
+            admitter.release(backend, slots, tokens)
+        # A blocking answer's client need not wait for this round trip: after the response is
+        # sent. (A stream's relay ends after its last byte anyway; a WebSocket runs several
+        # generations in one request, each of which must give its slot back at its end.)
+        if exchange is not None and not exchange.stream:
+            after_send.defer(give_back)
+        else:
+            give_back()
 
     def tokens_spent(self, exchange: Exchange | None) -> int:
         """Prompt plus completion tokens: the upstream's count, or for a cut stream an estimate and what was relayed."""
@@ -153,6 +166,7 @@ class Admitter:
         self.slot_ttl = slot_ttl
         self.memory = MemoryCounters()
         self.redis = RedisCounters(state.client) if state.client is not None else None
+        self.releases = BatchedReleases(self.redis, state) if self.redis is not None else None
 
     @staticmethod
     def bucket(kind: str, identity: str) -> str:
@@ -163,10 +177,8 @@ class Admitter:
         """Hold what a generation needs, or raise 429/503 holding nothing."""
         admission = Admission(self, identity, prompt)
         try:
-            if max_concurrent:
-                self._take_slot(admission, max_concurrent)
-            if tpm:
-                self._reserve(admission, estimate, tpm)
+            if max_concurrent or tpm:
+                self._hold(admission, max_concurrent, estimate, tpm)
             if budget is not None:
                 self._charge_budget(admission, budget, estimate)
             if not self.gate.try_enter():
@@ -178,27 +190,26 @@ class Admitter:
             raise
         return admission
 
-    def _take_slot(self, admission: Admission, cap: int) -> None:
-        slot = uuid.uuid4().hex
-        bucket = self.bucket("inflight", admission.identity)
-        backend, taken = self._on_counters("slots.take", lambda c: c.take_slot(bucket, slot, cap, self.slot_ttl))
+    def _hold(self, admission: Admission, cap: int, estimate: int, limit: int) -> None:
+        """The caller's in-flight slot and token reservation, in one round trip; 429 holding neither."""
+        slots = Slot(self.bucket("inflight", admission.identity), uuid.uuid4().hex if cap else "", cap, self.slot_ttl)
+        tokens = Tokens(self.bucket("tokens", admission.identity), estimate, limit, self.token_window)
+        backend, (taken, fits, value) = self._on_counters("admission.hold",
+                                                          lambda c: c.hold(slots, tokens))
         if not taken:
             raise RateLimited(f"This key already has {cap} generations in flight, its limit; retry when one ends.",
                               code="concurrency_limit_exceeded", headers={"Retry-After": "1"})
-        admission.slot, admission.slot_backend = slot, backend
-
-    def _reserve(self, admission: Admission, estimate: int, limit: int) -> None:
-        bucket = self.bucket("tokens", admission.identity)
-        backend, (fits, value) = self._on_counters(
-            "tokens.reserve", lambda c: c.reserve(bucket, estimate, limit, self.token_window))
         if not fits:
             alone = " (more than the whole limit: lower max_tokens)" if estimate > limit else ""
             raise RateLimited(
                 f"Token limit of {limit} per {self.token_window:g} s reached for this key: this request may use "
                 f"about {estimate} tokens{alone}.", code="token_limit_exceeded",
                 headers={"Retry-After": str(max(1, math.ceil(value))), "X-RateLimit-Limit-Tokens": str(limit)})
-        admission.reserved, admission.token_limit, admission.tokens_used = estimate, limit, value
-        admission.token_backend = backend
+        if cap:
+            admission.slot, admission.slot_backend = slots.slot, backend
+        if limit:
+            admission.reserved, admission.token_limit, admission.tokens_used = estimate, limit, value
+            admission.token_backend = backend
 
     def _charge_budget(self, admission: Admission, budget: Budget, estimate: int) -> None:
         now = utcnow()
@@ -219,6 +230,13 @@ class Admitter:
             return in_memory()
         redis_counters = self.redis
         return self.state.call(operation, lambda: (redis_counters, use(redis_counters)), in_memory)
+
+    def release(self, backend: Counters, slots: Slot, tokens: Tokens) -> None:
+        """Give back a slot and settle tokens on the backend that held them (Redis: batched, never raises)."""
+        if backend is self.memory or self.releases is None:
+            backend.release(slots, tokens)
+        else:
+            self.releases.add(slots, tokens)
 
     def give_back(self, backend: Counters, operation: str, use: Callable[[Counters], object]) -> None:
         """Release on the backend that took the hold; never raises (what is lost expires)."""

@@ -7,8 +7,11 @@ sure the gateway then listens on loopback only (or was explicitly told otherwise
 from __future__ import annotations
 
 import logging
+import time
+from typing import Any
 
 from flask import Flask, current_app, g, request
+from gevent.event import AsyncResult
 
 from app import config
 from app.access.keys import KEY_PREFIX, KeyRecord, KeyRing, KeyStoreError, hash_key
@@ -25,6 +28,11 @@ OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/do
 # Query parameters clients put keys in. Refused: URLs end up in access logs and browser history.
 KEY_PARAMS = frozenset({"api_key", "apikey", "api-key", "key", "token", "access_token"})
 _CHALLENGE = 'Bearer realm="sluice"'
+# A key record read from Redis serves this worker's requests for this long before it is read
+# again: a revocation (or a change of limits) takes effect on every worker and host within it.
+KEY_CACHE_SECONDS = 0.5
+KEY_CACHE_SIZE = 10_000  # records kept at most; found keys only (random keys cannot fill it)
+_READ_FAILED: Any = object()  # what waiters on a read get when it raised
 USAGE_PATH = "/v1/usage"  # its `key` parameter names a key: see _carries_key
 
 
@@ -80,6 +88,10 @@ class Authenticator:
         # Records this worker last read from Redis: used only while Redis is down and the
         # policy is to fail open, so known keys keep working. Holds valid keys only.
         self._last_known: dict[str, KeyRecord] = {}
+        # Records read from Redis in the last KEY_CACHE_SECONDS: key hash -> (record, read at).
+        self._fresh: dict[str, tuple[KeyRecord, float]] = {}
+        # Reads under way: the requests of a burst with the same key wait for one GET.
+        self._reading: dict[str, AsyncResult] = {}
 
     def authenticate(self, header: str | None) -> KeyRecord:
         """The record of the key in `header`; 401 when there is no valid, unrevoked key."""
@@ -100,16 +112,51 @@ class Authenticator:
             if record is None and self.ring.database is not None:
                 record = self.ring.database.lookup(key_hash)
             if record is None and self.ring.redis is not None:
-                record = self.state.call("keys.lookup", lambda: self._read_redis(key_hash),
-                                         lambda: self._recall(key_hash))
+                record = self._cached(key_hash) or self._read_once(key_hash)
         except KeyStoreError as exc:
             log.error("key store unusable: %s", exc)
             raise Unavailable("The gateway cannot read its API keys; retry shortly.",
                               code="key_store_unavailable", headers={"Retry-After": "5"}) from None
         return record
 
+    def _cached(self, key_hash: str) -> KeyRecord | None:
+        """The record read from Redis less than KEY_CACHE_SECONDS ago, if any."""
+        seen = self._fresh.get(key_hash)
+        if seen is None or time.monotonic() - seen[1] >= KEY_CACHE_SECONDS:
+            return None
+        return seen[0]
+
+    def _read_once(self, key_hash: str) -> KeyRecord | None:
+        """Read the record from Redis, or wait for the read of it already under way in this worker."""
+        reading = self._reading.get(key_hash)
+        if reading is not None:
+            record: KeyRecord | None = reading.get()
+            if record is not _READ_FAILED:
+                return record
+            return self._lookup_redis(key_hash)  # that read failed or was abandoned: read for this request
+        self._reading[key_hash] = reading = AsyncResult()
+        record = _READ_FAILED
+        try:
+            record = self._lookup_redis(key_hash)
+            return record
+        finally:
+            del self._reading[key_hash]
+            reading.set(record)
+
+    def _lookup_redis(self, key_hash: str) -> KeyRecord | None:
+        return self.state.call("keys.lookup", lambda: self._read_redis(key_hash), lambda: self._recall(key_hash))
+
+    def _remember(self, key_hash: str, record: KeyRecord | None) -> None:
+        if record is None:
+            self._fresh.pop(key_hash, None)
+            return
+        if len(self._fresh) >= KEY_CACHE_SIZE:
+            self._fresh.clear()  # crude, but bounded; the next reads refill it
+        self._fresh[key_hash] = (record, time.monotonic())
+
     def _read_redis(self, key_hash: str) -> KeyRecord | None:
         record = self.ring.redis.lookup(key_hash)  # type: ignore[union-attr]
+        self._remember(key_hash, record)
         if record is not None and not record.revoked:
             self._last_known[key_hash] = record
         else:

@@ -18,14 +18,14 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any, TypeVar
 
-from flask import Flask, Response, current_app, g, request
+from flask import Flask, Response, current_app, g, has_app_context, request
 from flask.typing import ResponseReturnValue
 from flask_limiter import Limiter, RateLimitExceeded
 from limits import RateLimitItem, parse
 from limits.storage import MemoryStorage, RedisStorage, Storage
 
 from app.access.auth import client_identity, is_open_path, key_limit
-from app.access.shared_state import SharedState, get_shared_state
+from app.access.shared_state import SharedState, get_shared_state, run_script
 from app.errors import ApiError, RateLimited, error_response
 from app.observe import metrics
 
@@ -35,8 +35,22 @@ T = TypeVar("T")
 EXTENSION = "sluice.limits"
 
 
+# limits' own increment (INCRBY, and EXPIRE on a new window) that also answers the window's
+# time left, so that the response's X-RateLimit headers need no further round trip.
+_HIT = """
+local count = redis.call('INCRBY', KEYS[1], ARGV[2])
+if count == tonumber(ARGV[2]) then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return {count, redis.call('PTTL', KEYS[1])}
+"""
+_WINDOWS = "_sluice_limit_windows"  # on flask.g: key -> (count, ends at) as this request's hit left them
+
+
 class SharedStorage(Storage):
-    """flask-limiter's counters in Redis under the outage policy: in this process's memory when failing open."""
+    """flask-limiter's counters in Redis under the outage policy: in this process's memory when failing open.
+
+    A request's hit answers its window too: the headers' reads of that window (`get`,
+    `get_expiry`) in the same request are served from it.
+    """
 
     STORAGE_SCHEME = ["sluice+redis"]
 
@@ -47,19 +61,30 @@ class SharedStorage(Storage):
         assert state.client is not None
         self.redis = RedisStorage("redis://", connection_pool=state.client.connection_pool)
         self.memory = MemoryStorage()
+        self._hit = state.client.register_script(_HIT)
 
     @property
     def base_exceptions(self) -> tuple[type[Exception], ...]:
         return ()  # Redis errors never get here: the outage policy has dealt with them
 
     def incr(self, key: str, expiry: int, amount: int = 1) -> int:
-        return self._call("limits.hit", lambda s: s.incr(key, expiry, amount))
+        return self.state.call("limits.hit", lambda: self._redis_hit(key, expiry, amount),
+                               lambda: self.memory.incr(key, expiry, amount))
 
     def get(self, key: str) -> int:
-        return self._call("limits.read", lambda s: s.get(key))
+        seen = _this_request_windows().get(key)
+        return seen[0] if seen else self._call("limits.read", lambda s: s.get(key))
 
     def get_expiry(self, key: str) -> float:
-        return self._call("limits.read", lambda s: s.get_expiry(key))
+        seen = _this_request_windows().get(key)
+        return seen[1] if seen else self._call("limits.read", lambda s: s.get_expiry(key))
+
+    def _redis_hit(self, key: str, expiry: int, amount: int) -> int:
+        count, ttl_ms = run_script(self.state.client, self._hit, [self.redis.prefixed_key(key)],  # type: ignore[arg-type]
+                                   [expiry, amount])
+        if has_app_context():
+            _this_request_windows()[key] = (int(count), time.time() + max(0, ttl_ms) / 1000)
+        return int(count)
 
     def check(self) -> bool:
         return self.redis.check()
@@ -78,6 +103,17 @@ KEY_PREFIX = "sluice"
 # flask-limiter's scope for application-wide limits: with the prefix and the caller, it names
 # the bucket an HTTP request counts in, which a WebSocket generation must count in too.
 APPLICATION_SCOPE = "global"
+
+
+def _this_request_windows() -> dict[str, tuple[int, float]]:
+    """The windows this request's hits have seen (none outside a request)."""
+    if not has_app_context():
+        return {}
+    windows: dict[str, tuple[int, float]] | None = g.get(_WINDOWS)
+    if windows is None:
+        windows = {}
+        setattr(g, _WINDOWS, windows)
+    return windows
 
 
 def _rpm() -> str:

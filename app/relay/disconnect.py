@@ -1,9 +1,11 @@
 """Notice a client that has gone while its request waits on the upstream, and stop waiting.
 
 Under WSGI a dead client is normally seen only on the next write, which may be a minute
-away while vLLM still queues the request. A watcher greenlet peeks at the client's socket
-instead; on EOF it throws ClientDisconnected into the request's greenlet, which unwinds
-out of the upstream read and closes the upstream connection, so vLLM aborts at once.
+away while vLLM still queues the request. An event-loop watcher on the client's socket
+(libev's io watcher: no greenlet, no stack, a few hundred bytes per request) peeks at it
+when it turns readable; on EOF it throws ClientDisconnected into the request's greenlet,
+which unwinds out of the upstream read and closes the upstream connection, so vLLM aborts
+at once.
 
 The same guarded throw (`interruptible`) serves the WebSocket's cancel message, and lets a
 stopping worker end every request still waiting on the upstream (`interrupt_all`, used by
@@ -16,8 +18,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import gevent
 from gevent import get_hub, getcurrent
+
+_READ = 1  # libev's EV_READ
 
 
 class ClientCancelled(Exception):
@@ -87,13 +90,14 @@ def cancel_on_disconnect(environ: dict[str, Any]) -> Iterator[Guard]:
         if client_socket is None:  # not under gunicorn (Flask's test client): nothing to watch
             yield guard
             return
-        watcher = gevent.spawn(_watch, client_socket, guard)
+        watcher = get_hub().loop.io(client_socket.fileno(), _READ)
+        watcher.start(_readable, client_socket, guard, watcher)
         try:
             yield guard
         finally:
-            # Wait for the watcher to be gone: while it still waits on the client socket, gunicorn's
-            # next recv on that kept-alive connection fails with ConcurrentObjectUseError and drops it.
-            watcher.kill(block=True)
+            # Stopped before gunicorn reads the next request from this kept-alive connection.
+            watcher.stop()
+            watcher.close()
 
 
 def interrupt_all(make_error: Callable[[], BaseException]) -> int:
@@ -104,14 +108,18 @@ def interrupt_all(make_error: Callable[[], BaseException]) -> int:
     return len(guards)
 
 
-def _watch(client_socket: socket.socket, guard: Guard) -> None:
+def _readable(client_socket: socket.socket, guard: Guard, watcher: Any) -> None:
+    """In the event loop: the client's socket has data, or its end (EOF, reset)."""
+    raw = getattr(client_socket, "_sock", client_socket)  # gevent's socket wraps a non-blocking one
     try:
-        peeked = client_socket.recv(1, socket.MSG_PEEK)
+        peeked = raw.recv(1, socket.MSG_PEEK)
+    except BlockingIOError:
+        return  # nothing after all: keep watching
     except OSError:
         peeked = b""
-    if peeked:
-        return  # the client sent more (a pipelined request): it is alive, stop watching
-    guard.interrupt(ClientDisconnected())
+    watcher.stop()  # either way, nothing more to learn: data means a pipelined request, alive
+    if not peeked:
+        guard.interrupt(ClientDisconnected())
 
 
 def _interrupt(guard: Guard, error: BaseException) -> None:

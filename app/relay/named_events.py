@@ -17,6 +17,7 @@ from app.errors import ApiError, UpstreamBadResponse
 from app.exchange import Exchange
 from app.relay.streaming import StreamFormat, UpstreamBody, event_too_large
 from app.upstream import errors as upstream_errors
+from app.upstream.http import TRANSPORT_ERRORS
 from app.upstream.sse import DEFAULT_MAX_EVENT_BYTES, EventBlockParser, EventTooLarge, named_event, split_event
 
 # Events after which the upstream sends nothing more.
@@ -24,22 +25,27 @@ FINAL_EVENTS = frozenset((b"response.completed", b"response.incomplete", b"respo
 ERROR_EVENT = b"error"
 
 
-def named_upstream_events(response: UpstreamBody, exchange: Exchange,
-                          max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> Iterator[bytes]:
-    """Each upstream event framed for the client (`event:` and `data:`), up to the final one; failures as ApiError."""
+def named_upstream_batches(response: UpstreamBody, exchange: Exchange,
+                           max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> Iterator[list[bytes]]:
+    """The upstream events framed for the client (`event:` and `data:`), those of one read together, up to
+    the final one; failures as ApiError."""
     parser = EventBlockParser(max_event_bytes)
     try:
         for chunk in response.iter_content(chunk_size=None):
+            batch = []
             for block in parser.feed(chunk):
                 name, data = split_event(block)
                 if name.endswith(b".delta"):
                     exchange.saw_token()
                 if name in FINAL_EVENTS:
                     exchange.record_usage(_usage_of(data))
-                yield named_event(name or b"message", data)
+                batch.append(named_event(name or b"message", data))
                 if name in FINAL_EVENTS:
+                    yield batch
                     return
-    except requests.RequestException as exc:
+            if batch:
+                yield batch
+    except (requests.RequestException, *TRANSPORT_ERRORS) as exc:
         raise upstream_errors.from_exception(exc, exchange.replica or "upstream") from None
     except EventTooLarge as exc:
         raise event_too_large(exc, exchange) from None
@@ -75,4 +81,4 @@ def upstream_error(data: bytes) -> ApiError:
     return upstream_errors.from_event(event if isinstance(event, dict) else {"error": "malformed error event"})
 
 
-NAMED_EVENTS = StreamFormat(named_upstream_events, b"", error_event)
+NAMED_EVENTS = StreamFormat(named_upstream_batches, b"", error_event)

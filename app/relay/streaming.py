@@ -1,4 +1,4 @@
-"""Relay an upstream SSE response to the client, event by event, as the upstream produces it.
+"""Relay an upstream SSE response to the client, as the upstream produces it.
 
 `upstream_events` is the one reader of a streaming upstream response (SSE parsing, usage
 accounting, transport failures); the SSE relay here and the WebSocket both consume it.
@@ -21,6 +21,7 @@ from app.errors import ApiError, UpstreamBadResponse
 from app.exchange import CLIENT_CANCELLED, CLIENT_CLOSED_STATUS, COMPLETED, Exchange, failures_recorded
 from app.relay.disconnect import ClientCancelled, cancel_on_disconnect
 from app.upstream import errors as upstream_errors
+from app.upstream.http import TRANSPORT_ERRORS
 from app.upstream.sse import DEFAULT_MAX_EVENT_BYTES, EventTooLarge, SSEParser
 
 DONE = b"data: [DONE]\n\n"
@@ -62,11 +63,13 @@ def relay(response: UpstreamBody, environ: dict[str, Any], transform: EventTrans
     framing = stream_format or DATA_EVENTS
     try:
         with failures_recorded(exchange), cancel_on_disconnect(environ) as guard:
-            for data in framing.events(response, exchange, max_event_bytes):
-                out = transform(data)
+            for batch in framing.batches(response, exchange, max_event_bytes):
+                out, error = _transformed(batch, transform)
                 if out:
                     with guard.writing_to_client():
                         yield out
+                if error is not None:
+                    raise error
         exchange.finish(COMPLETED)
         if framing.ending:
             yield framing.ending
@@ -78,20 +81,47 @@ def relay(response: UpstreamBody, environ: dict[str, Any], transform: EventTrans
         response.close()
 
 
+def _transformed(batch: list[bytes], transform: EventTransform) -> tuple[bytes, ApiError | None]:
+    """The client's bytes for a batch of events, and the error an event turned out to be (after the
+    events before it, which the client still gets)."""
+    pieces: list[bytes] = []
+    for data in batch:
+        try:
+            out = transform(data)
+        except ApiError as exc:
+            return b"".join(pieces), exc
+        if out:
+            pieces.append(out)
+    return b"".join(pieces), None
+
+
 def upstream_events(response: UpstreamBody, exchange: Exchange,
                     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> Iterator[bytes]:
     """The data of each upstream SSE event up to [DONE], noted on `exchange`; failures as ApiError."""
+    for batch in upstream_batches(response, exchange, max_event_bytes):
+        yield from batch
+
+
+def upstream_batches(response: UpstreamBody, exchange: Exchange,
+                     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> Iterator[list[bytes]]:
+    """The data of the upstream SSE events up to [DONE], those of one read together, noted on
+    `exchange`; failures as ApiError."""
     parser = SSEParser(max_event_bytes)
     try:
-        # chunk_size=None: each HTTP chunk as soon as it arrives, no read-ahead buffering.
+        # Each piece is what the upstream socket held (app/upstream/http.py): no waiting for more.
         for chunk in response.iter_content(chunk_size=None):
-            for data in parser.feed(chunk):
-                if data == b"[DONE]":
-                    return
+            events = parser.feed(chunk)
+            done = b"[DONE]" in events
+            if done:
+                events = events[:events.index(b"[DONE]")]
+            for data in events:
                 if exchange.saw_event(data):
                     exchange.record_usage(_usage_of(data))
-                yield data
-    except requests.RequestException as exc:
+            if events:
+                yield events
+            if done:
+                return
+    except (requests.RequestException, *TRANSPORT_ERRORS) as exc:
         raise upstream_errors.from_exception(exc, exchange.replica or "upstream") from None
     except EventTooLarge as exc:
         raise event_too_large(exc, exchange) from None
@@ -116,11 +146,12 @@ def _usage_of(data: bytes) -> Any:
 class StreamFormat:
     """How a kind of stream is read from the upstream and ended for the client."""
 
-    # Each upstream event, for the transform; its third argument bounds one event's bytes.
-    events: Callable[[UpstreamBody, Exchange, int], Iterator[bytes]]
+    # The upstream's events, for the transform, those of one read of the socket together; the
+    # third argument bounds one event's bytes.
+    batches: Callable[[UpstreamBody, Exchange, int], Iterator[list[bytes]]]
     ending: bytes  # sent after the last event (nothing: b"")
     error_event: Callable[[ApiError], bytes]  # a failure after the first byte, as the stream's last bytes
 
 
 # Chat and completions: `data:` events up to `data: [DONE]` (see app/relay/named_events.py for the other).
-DATA_EVENTS = StreamFormat(upstream_events, DONE, ApiError.sse_event)
+DATA_EVENTS = StreamFormat(upstream_batches, DONE, ApiError.sse_event)

@@ -1,8 +1,10 @@
 """The HTTP client to one OpenAI-compatible model server (vLLM, or any server of OpenAI's API).
 
-One pooled requests Session per worker process, created lazily in the worker (after the
-fork: a pool inherited from the master would share sockets between processes), sized to
-the worker's connection limit so that no connection is discarded under load.
+Generations go through urllib3's pool directly (app/upstream/http.py: a third of requests'
+CPU per call); health checks and model lists, a few per interval, through a requests
+Session. Both are made lazily in the worker (after the fork: a pool inherited from the
+master would share sockets between processes), and the generations' pool is sized to the
+worker's connection limit so that no connection is discarded under load.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from requests.adapters import HTTPAdapter
 
 from app.errors import UpstreamBadResponse
 from app.upstream import errors
+from app.upstream.http import TRANSPORT_ERRORS, Response, Transport
 
 JSON_TYPE = "application/json"
 SSE_TYPE = "text/event-stream"
@@ -35,13 +38,14 @@ class UpstreamClient:
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._session: requests.Session | None = None
         self._session_pid = 0
+        self.transport = Transport(self.base_url, pool_size=pool_size, headers=self._headers)
 
     @property
     def session(self) -> requests.Session:
-        """This process's pooled session (a new one after a fork)."""
+        """This process's pooled session for health checks and model lists (a new one after a fork)."""
         if self._session is None or self._session_pid != os.getpid():
             session = requests.Session()
-            adapter = HTTPAdapter(pool_connections=1, pool_maxsize=self.pool_size, max_retries=0)
+            adapter = HTTPAdapter(pool_connections=1, pool_maxsize=2, max_retries=0)  # one check at a time
             session.mount("http://", adapter)
             session.mount("https://", adapter)
             session.headers.update(self._headers)
@@ -49,7 +53,7 @@ class UpstreamClient:
         return self._session
 
     def open(self, path: str, payload: dict[str, Any], *, request_id: str | None,
-             stream: bool) -> requests.Response:
+             stream: bool) -> Response:
         """POST JSON; return the open response once its headers say success. The caller closes it.
 
         Closing an unfinished response drops its connection: vLLM sees its client gone and
@@ -58,16 +62,18 @@ class UpstreamClient:
         return self.post(path, payload, request_id=request_id, expected_type=SSE_TYPE if stream else JSON_TYPE)
 
     def post(self, path: str, payload: dict[str, Any], *, request_id: str | None,
-             expected_type: str) -> requests.Response:
+             expected_type: str) -> Response:
         """POST JSON and return the open response once its status and content type say success."""
         headers = {"X-Request-ID": request_id} if request_id else None
         try:
-            response = self.session.post(self.base_url + path, json=payload, headers=headers,
-                                         timeout=self.timeout, stream=True)
-        except requests.RequestException as exc:
+            response = self.transport.post_json(path, payload, headers, self.timeout)
+        except TRANSPORT_ERRORS as exc:
             raise errors.from_exception(exc, self.base_url) from None
         try:
             self._check(response, expected_type)
+        except TRANSPORT_ERRORS as exc:  # reading an error's body failed
+            response.close()
+            raise errors.from_exception(exc, self.base_url) from None
         except BaseException:
             response.close()
             raise
@@ -99,17 +105,17 @@ class UpstreamClient:
         except requests.RequestException as exc:
             raise errors.from_exception(exc, self.base_url) from None
 
-    def read_json(self, response: requests.Response) -> Any:
+    def read_json(self, response: Response | requests.Response) -> Any:
         """The whole body of a JSON response, with transport faults mapped."""
         try:
             return response.json()
-        except requests.exceptions.JSONDecodeError:
+        except ValueError:  # json's and requests' JSONDecodeError alike
             raise UpstreamBadResponse(f"upstream {self.base_url} sent a body that is not JSON",
                                       code="upstream_bad_body") from None
-        except requests.RequestException as exc:
+        except (requests.RequestException, *TRANSPORT_ERRORS) as exc:
             raise errors.from_exception(exc, self.base_url) from None
 
-    def _check(self, response: requests.Response, expected_type: str) -> None:
+    def _check(self, response: Response | requests.Response, expected_type: str) -> None:
         if response.status_code >= 400:
             raise errors.from_status(response.status_code, response.content, self.base_url)
         content_type = response.headers.get("Content-Type", "")

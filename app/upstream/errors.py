@@ -6,6 +6,12 @@ import re
 from typing import Any
 
 import requests
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    NewConnectionError,
+    ProtocolError,
+    ReadTimeoutError,
+)
 
 from app.errors import (
     ApiError,
@@ -16,6 +22,7 @@ from app.errors import (
     UpstreamTimeout,
     ValidationFailed,
 )
+from app.upstream.http import BodyCut
 
 # Upstream statuses that are the client's fault are passed on with the upstream's message;
 # the rest are the gateway's problem and become 502 or 503.
@@ -73,8 +80,31 @@ def from_event(event: dict[str, Any]) -> ApiError:
                                code="upstream_stream_error")
 
 
-def from_exception(exc: requests.RequestException | OSError, replica: str) -> ApiError:
-    """The error for a transport failure: refused, reset, timed out, or garbled."""
+def from_exception(exc: Exception, replica: str) -> ApiError:
+    """The error for a transport failure (urllib3's or the socket's; requests' for health checks):
+    refused, reset, timed out, or garbled."""
+    if isinstance(exc, requests.RequestException):
+        return _from_requests(exc, replica)
+    if isinstance(exc, NewConnectionError):  # before its base class, ConnectTimeoutError
+        if _is_refused(exc):
+            return UpstreamBadResponse(f"upstream {replica} refused the connection", code="upstream_unreachable")
+        return UpstreamBadResponse(f"upstream {replica} connection failed: {type(exc).__name__}",
+                                   code="upstream_connection_error")
+    if isinstance(exc, (ConnectTimeoutError, ReadTimeoutError, TimeoutError)):
+        return UpstreamTimeout(f"upstream {replica} did not answer in time", code="upstream_timeout")
+    if isinstance(exc, ProtocolError) and "aborted" in str(exc):
+        # Dropped after the request, before any response: nothing of a body was cut.
+        return UpstreamBadResponse(f"upstream {replica} connection failed: ConnectionError",
+                                   code="upstream_connection_error")
+    if isinstance(exc, (BodyCut, ProtocolError, ConnectionError)):
+        # The body broke off: a chunk cut short, or the connection closed or reset before its end.
+        return UpstreamBadResponse(f"upstream {replica} closed the connection in the middle of a response",
+                                   code="upstream_truncated")
+    return UpstreamBadResponse(f"upstream {replica} connection failed: {type(exc).__name__}",
+                               code="upstream_connection_error")
+
+
+def _from_requests(exc: requests.RequestException, replica: str) -> ApiError:
     if isinstance(exc, (requests.ConnectTimeout, requests.ReadTimeout)):
         return UpstreamTimeout(f"upstream {replica} did not answer in time", code="upstream_timeout")
     if isinstance(exc, requests.exceptions.ChunkedEncodingError):

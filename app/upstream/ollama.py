@@ -10,9 +10,8 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import requests
-
 from app.upstream.client import JSON_TYPE, UpstreamClient
+from app.upstream.http import Response
 from app.upstream.ollama_wire import Answer, models_from_tags, ollama_request
 
 NDJSON_TYPE = "application/x-ndjson"
@@ -21,7 +20,7 @@ NDJSON_TYPE = "application/x-ndjson"
 class OllamaResponse:
     """An open Ollama response seen as an OpenAI one: iter_content gives SSE bytes, json() the body."""
 
-    def __init__(self, response: requests.Response, answer: Answer) -> None:
+    def __init__(self, response: Response, answer: Answer) -> None:
         self._response = response
         self._answer = answer
 

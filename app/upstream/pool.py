@@ -20,6 +20,7 @@ from app.errors import ApiError, NotFound, Unavailable, UpstreamBadResponse
 from app.exchange import Exchange
 from app.upstream import capabilities, errors
 from app.upstream.health_checks import HealthChecker, check_all, discover_models
+from app.upstream.http import TRANSPORT_ERRORS, Response
 from app.upstream.replicas import Replica
 from app.upstream.routing import Strategy, affinity_key
 
@@ -131,7 +132,7 @@ class _Failover:
         self._last_error: ApiError | None = None
         self.path, self.payload, self.exchange, self.stream = path, payload, exchange, stream
 
-    def open_next(self) -> tuple[Replica, requests.Response]:
+    def open_next(self) -> tuple[Replica, Response]:
         """Open the request on the next replica that answers; raise the last error when none is left."""
         for replica in self._untried:
             if self._tried and time.monotonic() >= self._deadline:
@@ -152,7 +153,7 @@ class _Failover:
         self._last_error = exc
         log.warning("request %s failed before its first byte (%s)", self.exchange.request_id, exc.message)
 
-    def _open(self, replica: Replica) -> requests.Response:
+    def _open(self, replica: Replica) -> Response:
         replica.acquire()
         payload = self.payload
         if replica.scheduling_policy == "priority" and self.exchange.vllm_priority is not None:
@@ -179,7 +180,7 @@ class Lease:
     """The request's open response from one replica, counted in its outstanding requests until closed.
 
     For a stream, a replica that fails before the first chunk arrived is replaced by the next
-    candidate, transparently to the relay, which reads it like a requests.Response.
+    candidate, transparently to the relay, which reads it like a Response.
     """
 
     def __init__(self, walk: _Failover) -> None:
@@ -213,7 +214,7 @@ class Lease:
                         return chunk, chunks
                 error: ApiError = UpstreamBadResponse(
                     f"upstream {self.replica.url} ended the stream before its first event", code="upstream_truncated")
-            except requests.RequestException as exc:
+            except (requests.RequestException, *TRANSPORT_ERRORS) as exc:
                 error = errors.from_exception(exc, self.replica.url)
             self.close()
             self._walk.failed(self.replica, error)

@@ -20,10 +20,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import requests
 from blinker import Namespace
 
 from app.upstream.capabilities import FIXED_ROUTES
+from app.upstream.http import Response
 from app.upstream.load import Load
 from app.upstream.specs import ReplicaSpec
 
@@ -52,9 +52,9 @@ class Client(Protocol):
     base_url: str
 
     def open(self, path: str, payload: dict[str, Any], *, request_id: str | None,
-             stream: bool) -> requests.Response: ...
+             stream: bool) -> Response: ...
 
-    def read_json(self, response: requests.Response) -> Any: ...
+    def read_json(self, response: Response) -> Any: ...
 
     def get_json(self, path: str) -> Any: ...
 

@@ -173,3 +173,25 @@ def test_client_closing_the_stream_is_a_cancellation(finished_exchanges):
     events.close()  # what gunicorn does when a write to the client fails
     [exchange] = finished_exchanges
     assert exchange.outcome == "client_cancelled" and exchange.completion_tokens == 1
+
+
+def test_events_that_arrived_together_leave_together_with_their_boundaries():
+    from app.api.openai import CompatibleStream
+
+    together, alone = chunk(" a") + chunk(" b") + chunk(" c"), chunk(" d", "length") + USAGE
+    response = PiecewiseResponse([together, alone + b"data: [DONE]\n\n"])
+    exchange = Exchange("r", "/v1/completions", "m", True, replica="up")
+    pieces = list(relay(response, {}, CompatibleStream("m", None, client_wants_usage=True), exchange))
+    assert pieces[0] == together, "one write, byte for byte, for the three events of one read"
+    assert pieces[1] == alone and pieces[2] == b"data: [DONE]\n\n"
+    assert [e["choices"][0]["text"] for e in events(b"".join(pieces)) if isinstance(e, dict) and e["choices"]] == \
+        [" a", " b", " c", " d"]
+    assert exchange.events_relayed == 5 and exchange.completion_tokens == 3  # every event counted, usage read
+
+
+def test_an_error_event_in_a_batch_follows_the_events_before_it():
+    error = b'data: {"error": {"message": "engine died", "type": "InternalServerError", "code": 500}}\n\n'
+    got = relay_all(PiecewiseResponse([chunk(" a") + chunk(" b") + error + chunk(" c")]))
+    assert [e["text"] for e in got[:2]] == [" a", " b"]
+    assert_ends_with_error(got, "upstream_stream_error")
+    assert len(got) == 4
