@@ -21,8 +21,10 @@ lint: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest tests/unit
 
+# The gateway against its references (docs/benchmarks.md), then the usage ledger's cost (docs/usage.md).
 bench: $(STAMP) system-deps
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+	$(MAKE) ledger-cost
 
 # Replica capacity shared by the fair queue against FIFO, on the simulator (docs/scaling.md). A few minutes.
 fairness: $(STAMP) system-deps
