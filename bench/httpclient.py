@@ -12,6 +12,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from time import perf_counter
 
+# The gateway's own decoder of chunked bodies (it also checks the framing and waits for the
+# last CRLF, so a kept-alive connection is left at the next response).
+from app.upstream.http import ChunkedDecoder
+
 _HEAD_END = b"\r\n\r\n"
 _READ_SIZE = 64 * 1024
 
@@ -59,38 +63,6 @@ def parse_head(raw: bytes) -> Head:
         elif name == b"connection":
             close = value.strip().lower() == b"close"
     return Head(status, length, chunked, close)
-
-
-class ChunkedDecoder:
-    """Incremental decoder of a chunked body: feed raw bytes, get the payload seen so far."""
-
-    def __init__(self) -> None:
-        self._buf = bytearray()
-        self._need = -1  # bytes of the current chunk still to read; -1 while reading a size line
-        self.done = False
-
-    def feed(self, data: bytes) -> bytes:
-        """Payload bytes completed by `data` (possibly empty); sets `done` at the last chunk."""
-        buf = self._buf
-        buf += data
-        out = []
-        while not self.done:
-            if self._need < 0:
-                end = buf.find(b"\r\n")
-                if end < 0:
-                    break
-                size = int(bytes(buf[:end]).split(b";", 1)[0], 16)
-                del buf[:end + 2]
-                if size == 0:
-                    self.done = True  # trailers, if any, are never sent by the servers measured here
-                    break
-                self._need = size
-            if len(buf) < self._need + 2:
-                break
-            out.append(bytes(buf[:self._need]))
-            del buf[:self._need + 2]
-            self._need = -1
-        return b"".join(out)
 
 
 class Connection:
