@@ -87,6 +87,8 @@ def post_worker_init(worker):
     from app.relay import shutdown  # here, not at the top: the master must not import the app
 
     shutdown.install(worker.cfg.graceful_timeout)
+    # gunicorn says "Booting worker" before the application is loaded; this says it is serving.
+    worker.log.info("Worker ready (pid: %s)", worker.pid)
 
 
 def worker_exit(server, worker):

@@ -124,22 +124,27 @@ class Gateway(Service):
         if probe_dir is not None:  # the same settings plus a greenlet probe (bench/worker_probe.py)
             config, env["GATEWAY_PROBE_DIR"] = "bench/gunicorn_probe.conf.py", str(probe_dir)
         self.probe_dir = probe_dir
+        logged_before = log.stat().st_size if log and log.exists() else 0
         super().__init__("gateway", [str(BIN / "gunicorn"), "-c", config], env=env, log=log)
         wait_until(lambda: requests.get(self.url + "/healthz", timeout=1).ok, timeout, "gateway", self.proc)
+        # The first answer proves one worker is up; a test that needs several must not race the others' boot.
+        workers = int(env["SLUICE_WORKERS"])
+        if log and workers > 1 and env.get("SLUICE_LOG_LEVEL", "info").lower() in ("debug", "info"):
+            wait_until(lambda: log.read_bytes()[logged_before:].count(b"Worker ready (pid:") >= workers, timeout,
+                       "every worker", self.proc)
 
 
-class SeedFlask(Service):
-    """The guide's 20-line Flask + requests proxy (bench/seed/app.py) as it runs it: gunicorn -k gevent -w 1."""
+class GeventApp(Service):
+    """A small relay of the benchmark (the seed proxy, the floors) as the guide runs it: gunicorn -k gevent -w 1."""
 
-    def __init__(self, upstream_url: str, log: Path | None = None, timeout: float = 30) -> None:
+    def __init__(self, name: str, app: str, upstream_url: str, log: Path | None = None, timeout: float = 30) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        super().__init__("seed-flask", [str(BIN / "gunicorn"), "-c", "bench/seed/gunicorn.conf.py",
-                                        "-b", f"127.0.0.1:{self.port}", "bench.seed.app:app"],
-                         env={"VLLM_URL": upstream_url}, log=log)
-        # The seed has no health route: any HTTP answer (405 to a GET) means it is up.
-        wait_until(lambda: requests.get(self.url + "/v1/completions", timeout=1).status_code == 405, timeout,
-                   "seed-flask", self.proc)
+        super().__init__(name, [str(BIN / "gunicorn"), "-c", "bench/seed/gunicorn.conf.py",
+                                "-b", f"127.0.0.1:{self.port}", app], env={"VLLM_URL": upstream_url}, log=log)
+        # These relays have no health route: any HTTP answer (405 to a GET) means it is up.
+        wait_until(lambda: requests.get(self.url + "/v1/completions", timeout=1).status_code > 0, timeout,
+                   name, self.proc)
 
 
 class Redis(Service):
