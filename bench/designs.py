@@ -1,7 +1,7 @@
-"""The designs measured side by side: no proxy, nginx, the guide's Flask proxy, Sluice with 1 and 2 workers,
-Sluice behind nginx.
+"""The designs measured side by side: no proxy, nginx, the guide's Flask proxy, the stack's floors, Sluice
+with 1 and 2 workers, Sluice behind nginx.
 
-Every proxy process (nginx, the seed's and Sluice's gunicorn masters and workers, and the Redis
+Every proxy process (nginx, the small relays' and Sluice's gunicorn masters and workers, and the Redis
 that Sluice's limits use) is pinned to PROXY_CPU; the load generator and the simulator run on LOAD_CPU.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ import requests
 from bench.features import Features
 from bench.loadgen import COMPLETIONS, NATIVE, Api, Endpoint
 from bench.nginx import BareNginx
-from bench.processes import Gateway, SeedFlask, Service, Simulator
+from bench.processes import Gateway, GeventApp, Service, Simulator
 from bench.sampler import pin
 
 PROXY_CPU = 0
@@ -33,16 +33,23 @@ class Design:
     label: str
     sluice_workers: int = 0
     nginx: bool = False
-    seed: bool = False  # the guide's Flask + requests proxy (bench/seed/app.py) instead of Sluice
+    relay_app: str = ""  # a small relay's WSGI app (the seed proxy, a floor) run by GeventApp instead of Sluice
+    blocking_only: bool = False  # a floor: it relays blocking requests only, so streams and cancellation are skipped
 
 
 DIRECT = Design("direct", "direct to the simulator (no proxy)")
 NGINX = Design("nginx", "nginx, pure reverse proxy", nginx=True)
-SEED_FLASK = Design("seed-flask", "the guide's Flask + requests proxy, gunicorn -k gevent -w 1", seed=True)
+SEED_FLASK = Design("seed-flask", "the guide's Flask + requests proxy, gunicorn -k gevent -w 1",
+                    relay_app="bench.seed.app:app")
+# The stack's own cost (bench/floor/): gunicorn + gevent + urllib3, then the same with a Flask view.
+FLOOR_WSGI = Design("floor-wsgi", "bare WSGI relay on urllib3, gunicorn -k gevent -w 1",
+                    relay_app="bench.floor.app:wsgi", blocking_only=True)
+FLOOR_FLASK = Design("floor-flask", "one Flask view relaying on urllib3, gunicorn -k gevent -w 1",
+                     relay_app="bench.floor.app:app", blocking_only=True)
 SLUICE_1 = Design("sluice-1w", "Sluice, 1 gevent worker", sluice_workers=1)
 SLUICE_2 = Design("sluice-2w", "Sluice, 2 gevent workers on the one core", sluice_workers=2)
 NGINX_SLUICE = Design("nginx+sluice", "nginx in front of Sluice (1 worker)", sluice_workers=1, nginx=True)
-ALL = (DIRECT, NGINX, SEED_FLASK, SLUICE_1, SLUICE_2, NGINX_SLUICE)
+ALL = (DIRECT, NGINX, SEED_FLASK, FLOOR_WSGI, FLOOR_FLASK, SLUICE_1, SLUICE_2, NGINX_SLUICE)
 BY_NAME = {design.name: design for design in ALL}
 
 
@@ -77,8 +84,9 @@ def start(design: Design, upstream: Simulator, workdir: Path, features: Features
     services: list[Service] = []
     url, api, headers, pids = upstream.url, COMPLETIONS, {}, []
     try:
-        if design.seed:
-            services.append(SeedFlask(upstream.url, log=workdir / f"{design.name}-gunicorn.log"))
+        if design.relay_app:
+            services.append(GeventApp(design.name, design.relay_app, upstream.url,
+                                      log=workdir / f"{design.name}-gunicorn.log"))
             url = services[-1].url
         if design.sluice_workers:
             gateway = Gateway({"SLUICE_UPSTREAM_URL": upstream.url, "SLUICE_WORKERS": str(design.sluice_workers),

@@ -108,6 +108,8 @@ class Runner:
     async def streams(self, design: Design, round_: int) -> None:
         """The capacity test (first, on a fresh process: memory per stream from a clean start), then N streams."""
         plan = self.plan
+        if design.blocking_only:
+            return
         counts = ([("capacity", plan.capacity)] if design.name in plan.capacity_designs else []) + \
                  [("streams", plan.streams)]
         with self.start(design, "streams") as running:
@@ -125,8 +127,8 @@ class Runner:
 
     async def cancel(self, design: Design, round_: int) -> None:
         """Cancellation trials, each case several times."""
-        if design.seed:
-            return  # the guide's proxy watches for no departed client: nothing to time
+        if design.relay_app:
+            return  # the small relays watch for no departed client: nothing to time
         sim = self.sims["cancel"]
         seen = []
         with self.start(design, "cancel") as running:
@@ -188,6 +190,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     steps.add_argument("--render", action="store_true", help="measure nothing: redraw the plots and tables from "
                                                              "OUT/results.json (after a change to bench/report.py)")
     parser.add_argument("--rounds", type=int, help="rounds of the suite (default 3; 1 with --short)")
+    parser.add_argument("--designs", help="comma-separated designs of the suite (default all: "
+                                          + ",".join(d.name for d in designs.ALL) + "); with --out while iterating")
     parser.add_argument("--out", type=Path, help=f"results folder (default {OUT.relative_to(ROOT)})")
     parser.add_argument("--note", default="", help="said at the top of the published figures (e.g. the machine "
                                                    "was shared)")
@@ -204,6 +208,12 @@ def main(argv: list[str] | None = None) -> int:
     plan = SHORT if args.short else FULL
     if args.rounds:
         plan = dataclasses.replace(plan, rounds=args.rounds)
+    if args.designs:
+        chosen = tuple(args.designs.split(","))
+        unknown = set(chosen) - set(designs.BY_NAME)
+        if unknown:
+            sys.exit(f"bench: unknown designs {sorted(unknown)}; known: {', '.join(designs.BY_NAME)}")
+        plan = dataclasses.replace(plan, designs=chosen)
     out = args.out or (Path(tempfile.mkdtemp(prefix="sluice-bench-")) if args.short else OUT)
     doc = None if args.short or args.out else DOC
     run_suite = not (args.vllm or args.profile or args.render)
