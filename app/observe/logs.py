@@ -59,6 +59,12 @@ def init_app(app: Flask) -> None:
 
 def configure(level: str) -> None:
     """Install the JSON handler on the root logger once per process, and set the level."""
+    # Two records per request: the fields no line carries are not collected for them (the logging
+    # HOWTO's "Optimization": the caller's file and line walk the stack, the thread and process
+    # names ask threading and multiprocessing). The pid stays: every line carries it.
+    logging._srcfile = None  # type: ignore[attr-defined]
+    logging.logThreads = False
+    logging.logMultiprocessing = False
     root = logging.getLogger()
     if not any(isinstance(h, _JsonHandler) for h in root.handlers):
         handler = _JsonHandler(sys.stderr)

@@ -109,9 +109,13 @@ class Response:
             if not data:
                 raise BodyCut("the upstream closed the connection in the middle of its body")
             body = decoder.feed(data)
+            if decoder.done:
+                # Back to the pool before the last body goes out: a relay stops asking at [DONE],
+                # and an upstream that ends its body in the same read would otherwise be dropped
+                # and reconnected (a new connection and address lookup for each stream).
+                self._finished()
             if body:
                 yield body
-        self._finished()
 
     def _pieces(self) -> Iterator[bytes]:
         """A body of known length, or one a test made up: urllib3 reads it."""

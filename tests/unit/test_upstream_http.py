@@ -69,6 +69,24 @@ def test_chunks_that_arrived_together_come_out_as_one_piece():
     thread.join(5)
 
 
+def test_a_reader_that_stops_at_the_last_piece_leaves_the_connection_pooled():
+    # The relay stops asking at [DONE]: a body whose end came in the same read must still go
+    # back to the pool, or every stream would open a new upstream connection.
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+    port, thread = serve_once(head + CHUNKED)
+    pool = urllib3.HTTPConnectionPool("127.0.0.1", port, maxsize=1, retries=False)
+    response = Response(pool.urlopen("POST", "/v1/completions", body=b"{}", preload_content=False,
+                                     release_conn=False))
+    assert next(response.iter_content()) == b"".join(BODY)  # not read on to the generator's end
+    response.close()
+    assert pool.pool.qsize() == 1 and pool.num_connections == 1
+    connection = pool.pool.get_nowait()
+    assert connection is not None and connection.is_connected  # kept alive, not closed by close()
+    connection.close()
+    pool.close()
+    thread.join(5)
+
+
 def test_a_body_cut_short_raises():
     head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
     port, thread = serve_once(head + CHUNKED[:20], then_close=True)
