@@ -62,7 +62,7 @@ def configure(level: str) -> None:
     # Two records per request: the fields no line carries are not collected for them (the logging
     # HOWTO's "Optimization": the caller's file and line walk the stack, the thread and process
     # names ask threading and multiprocessing). The pid stays: every line carries it.
-    logging._srcfile = None  # type: ignore[attr-defined]
+    logging._srcfile = None
     logging.logThreads = False
     logging.logMultiprocessing = False
     root = logging.getLogger()
