@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint test-fast bench fairness ledger-cost soak audit system-deps clean
+.PHONY: serve test lint test-fast bench instructions fairness ledger-cost soak audit system-deps clean
 
 serve: $(STAMP)
 	$(BIN)/sluice serve
@@ -25,6 +25,11 @@ test-fast: $(STAMP)
 bench: $(STAMP) system-deps
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 	$(MAKE) ledger-cost
+
+# Instructions per request of the app in-process, by feature, counted by callgrind: the same on a
+# noisy machine (docs/benchmarks.md, "What each feature costs"). Needs valgrind. A few minutes.
+instructions: $(STAMP) system-deps
+	$(BIN)/python -m bench.instructions --out docs/benchmarks/instructions.json $(BENCH_ARGS)
 
 # Replica capacity shared by the fair queue against FIFO, on the simulator (docs/scaling.md). A few minutes.
 fairness: $(STAMP) system-deps

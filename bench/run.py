@@ -225,18 +225,23 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join(["python", "-m", "bench.run", *(sys.argv[1:] if argv is None else argv)])
     with tempfile.TemporaryDirectory(prefix="sluice-bench-work-") as scratch:
         workdir = Path(scratch)
+        # Saved after each step: a step that fails later loses only its own figures.
         if run_suite:
             record = machine.started(command, args.note)
             results["suite"] = {**loadgen.run(suite(plan, workdir)), "run": machine.finished(record)}
+            save(out, results, doc)
         if run_profile:
             from bench import profile
             record = machine.started(command, args.note)
             results["profile"] = {**profile.run(workdir, out), "run": machine.finished(record)}
+            save(out, results, doc)
         if run_vllm:
             from bench import vllm_bench
             record = machine.started(command, args.note)
             results["vllm"] = {**vllm_bench.run(workdir), "run": machine.finished(record)}
-    save(out, results, doc)
+            save(out, results, doc)
+    if args.render:
+        save(out, results, doc)
     return 0
 
 

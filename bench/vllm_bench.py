@@ -57,6 +57,9 @@ def _client(python: Path, url: str, model: str, tokenizer: Path, result: Path, a
 def run(workdir: Path) -> dict[str, Any]:
     """Both paths, direct first; {'skipped': why} when the engine cannot be started."""
     os.sched_setaffinity(0, range(os.cpu_count() or 1))  # the engine and its client use every core
+    # Its own folder: the suite's keys file (same work folder) already holds the key it names.
+    workdir = workdir / "vllm"
+    workdir.mkdir(exist_ok=True)
     settings = config.load()
     layout = EngineLayout.from_settings(settings)
     try:

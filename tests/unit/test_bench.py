@@ -67,3 +67,21 @@ def test_splice_replaces_only_the_generated_block(tmp_path):
     text = doc.read_text()
     assert "new figures" in text and "old figures" not in text
     assert text.startswith("# Benchmarks\n\nWritten by hand.") and text.endswith("Why a target was missed.\n")
+
+
+def test_instruction_counts_send_what_gunicorn_would_pass_the_app():
+    from bench.instructions import _sender
+
+    seen = []
+
+    def app(environ, start_response):
+        seen.append((environ["REQUEST_METHOD"], environ["PATH_INFO"], environ["HTTP_AUTHORIZATION"],
+                     environ["wsgi.input"].read(int(environ["CONTENT_LENGTH"]))))
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [b"{}"]
+
+    send = _sender(app, {"Authorization": "Bearer k"})
+    assert send() == "200 OK" and send() == "200 OK"
+    method, path, authorization, body = seen[-1]
+    assert (method, path, authorization) == ("POST", "/v1/completions", "Bearer k")
+    assert b'"max_tokens": 16' in body and len(seen) == 2  # a fresh body for each request
