@@ -34,10 +34,10 @@ WARMUP = 50
 # name -> (WSGI app: "sluice" or module:attribute, settings changed from the user's set-up; None: unset)
 VARIANTS: dict[str, tuple[str, dict[str, str | None]]] = {
     "sluice": ("sluice", {}),
-    "sluice, logs at warning": ("sluice", {"SLUICE_LOG_LEVEL": "warning"}),
-    "sluice, metrics in-process": ("sluice", {"PROMETHEUS_MULTIPROC_DIR": None}),
-    "sluice, ledger off": ("sluice", {"SLUICE_LEDGER": "false"}),
-    "sluice, limits in memory (no Redis)": ("sluice", {"SLUICE_REDIS_URL": None}),
+    "sluice/logs-at-warning": ("sluice", {"SLUICE_LOG_LEVEL": "warning"}),
+    "sluice/metrics-in-process": ("sluice", {"PROMETHEUS_MULTIPROC_DIR": None}),
+    "sluice/ledger-off": ("sluice", {"SLUICE_LEDGER": "false"}),
+    "sluice/limits-in-memory": ("sluice", {"SLUICE_REDIS_URL": None}),
     "floor-flask": ("bench.floor.app:app", {}),
     "seed-flask": ("bench.seed.app:app", {}),
 }
