@@ -55,12 +55,20 @@ def serve_once(response: bytes, then_close: bool = False) -> tuple[int, threadin
     return listener.getsockname()[1], thread
 
 
-def test_chunks_that_arrived_together_come_out_as_one_piece():
-    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
-    port, thread = serve_once(head + CHUNKED)
+HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def streamed(raw: bytes, then_close: bool = False) -> tuple[urllib3.HTTPConnectionPool, Response, threading.Thread]:
+    """A one-connection pool, and the open response of a server that sends `raw` in one write."""
+    port, thread = serve_once(raw, then_close)
     pool = urllib3.HTTPConnectionPool("127.0.0.1", port, maxsize=1, retries=False)
     response = Response(pool.urlopen("POST", "/v1/completions", body=b"{}", preload_content=False,
                                      release_conn=False))
+    return pool, response, thread
+
+
+def test_chunks_that_arrived_together_come_out_as_one_piece():
+    pool, response, thread = streamed(HEAD + CHUNKED)
     pieces = list(response.iter_content())
     assert pieces == [b"".join(BODY)], "three HTTP chunks of one socket read: one piece"
     response.close()
@@ -72,11 +80,7 @@ def test_chunks_that_arrived_together_come_out_as_one_piece():
 def test_a_reader_that_stops_at_the_last_piece_leaves_the_connection_pooled():
     # The relay stops asking at [DONE]: a body whose end came in the same read must still go
     # back to the pool, or every stream would open a new upstream connection.
-    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
-    port, thread = serve_once(head + CHUNKED)
-    pool = urllib3.HTTPConnectionPool("127.0.0.1", port, maxsize=1, retries=False)
-    response = Response(pool.urlopen("POST", "/v1/completions", body=b"{}", preload_content=False,
-                                     release_conn=False))
+    pool, response, thread = streamed(HEAD + CHUNKED)
     assert next(response.iter_content()) == b"".join(BODY)  # not read on to the generator's end
     response.close()
     assert pool.pool.qsize() == 1 and pool.num_connections == 1
@@ -88,10 +92,7 @@ def test_a_reader_that_stops_at_the_last_piece_leaves_the_connection_pooled():
 
 
 def test_a_body_cut_short_raises():
-    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
-    port, thread = serve_once(head + CHUNKED[:20], then_close=True)
-    pool = urllib3.HTTPConnectionPool("127.0.0.1", port, maxsize=1, retries=False)
-    response = Response(pool.urlopen("POST", "/", body=b"{}", preload_content=False, release_conn=False))
+    pool, response, thread = streamed(HEAD + CHUNKED[:20], then_close=True)
     got = []
     with pytest.raises(BodyCut):
         for piece in response.iter_content():
