@@ -1,7 +1,6 @@
 """Render results.json as the Markdown tables of docs/benchmarks.md (between two marker lines)."""
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -231,7 +230,7 @@ def _vllm_section(vllm: dict[str, Any]) -> str:
         if "error" in result:
             rows.append([path, result["error"]] + [""] * (len(keys) - 1))
             continue
-        rows.append([path] + [f"{result.get(k, math.nan):,.{digits}f}" for k, _, digits, _ in keys])
+        rows.append([path] + [f"{result[k]:,.{digits}f}" if k in result else "–" for k, _, digits, _ in keys])
     parts.append(_table(["path", *(label for _, label, _, _ in keys)], rows))
     return "\n".join(parts)
 
