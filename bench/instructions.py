@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from bench.loadgen import COMPLETIONS
 from bench.processes import ROOT
 
 WARMUP = 50
@@ -84,9 +85,8 @@ def child(variant: str, requests: int) -> None:
 
 def _sender(app: Callable[..., Iterable[bytes]], headers: dict[str, str]) -> Callable[[], str]:
     """One blocking request through `app` as gunicorn would call it; returns the status line."""
-    body = json.dumps({"model": "sim-model", "prompt": "Benchmark the gateway", "max_tokens": 16,
-                       "temperature": 0, "stream": False}).encode()
-    environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/v1/completions", "SCRIPT_NAME": "", "QUERY_STRING": "",
+    body = json.dumps(COMPLETIONS.body(16, stream=False)).encode()  # the suite's blocking request
+    environ = {"REQUEST_METHOD": "POST", "PATH_INFO": COMPLETIONS.path, "SCRIPT_NAME": "", "QUERY_STRING": "",
                "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "8080", "SERVER_PROTOCOL": "HTTP/1.1",
                "CONTENT_TYPE": "application/json", "CONTENT_LENGTH": str(len(body)), "REMOTE_ADDR": "127.0.0.1",
                "wsgi.url_scheme": "http", "wsgi.errors": sys.stderr, "wsgi.multithread": False,
