@@ -105,6 +105,9 @@ class Response:
             return
         decoder = ChunkedDecoder()
         while not decoder.done:
+            # peek() waits in the reader's own buffer; read1 alone would hold a new READ_SIZE
+            # buffer while it waits, for every stream open between two events.
+            reader.peek()
             data = reader.read1(READ_SIZE)
             if not data:
                 raise BodyCut("the upstream closed the connection in the middle of its body")
