@@ -85,8 +85,10 @@ def on_exit(server):
 def post_worker_init(worker):
     """In each worker, once gevent has patched it: end what still runs before the grace period is over."""
     from app.relay import shutdown  # here, not at the top: the master must not import the app
+    from app.upstream import resolver
 
     shutdown.install(worker.cfg.graceful_timeout)
+    resolver.install()
     # gunicorn says "Booting worker" before the application is loaded; this says it is serving.
     worker.log.info("Worker ready (pid: %s)", worker.pid)
 
