@@ -10,9 +10,9 @@ that leaves ends the relay and closes the upstream.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import requests
 from flask import Response
@@ -48,12 +48,38 @@ def relay_response(upstream: UpstreamBody, environ: dict[str, Any], transform: E
     ordinary HTTP errors; from here on they are error events. gunicorn sends each yielded
     piece at once.
     """
-    response = Response(relay(upstream, environ, transform, exchange, stream_format, max_event_bytes),
-                        mimetype="text/event-stream", headers=SSE_HEADERS)
+    response = RelayedStream(relay(upstream, environ, transform, exchange, stream_format, max_event_bytes),
+                             mimetype="text/event-stream", headers=SSE_HEADERS)
     # A generator that never started ignores close(): close the upstream here too.
     response.call_on_close(upstream.close)
     response.call_on_close(lambda: exchange.finish(CLIENT_CANCELLED, CLIENT_CLOSED_STATUS))
     return response
+
+
+class RelayedStream(Response):
+    """A streamed response that gunicorn iterates without werkzeug's wrappers around each piece.
+
+    werkzeug hands a streamed body out inside two layers (ClosingIterator and iter_encoded):
+    a Python call each for every event, and interpreter frames on the C stack that the
+    greenlet of every stream keeps while it waits for its next event. The relay yields bytes
+    already, so gunicorn iterates it directly; closing still runs the response's close callbacks.
+    """
+
+    def get_app_iter(self, environ: dict[str, Any]) -> Iterable[bytes]:
+        return _DirectBody(self)
+
+
+class _DirectBody:
+    """A WSGI body: iterating it is iterating the response's own generator; close() closes the response."""
+
+    def __init__(self, response: Response) -> None:
+        self._response = response
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(cast(Iterable[bytes], self._response.response))  # the relay's generator
+
+    def close(self) -> None:
+        self._response.close()  # closes the generator, then runs the call_on_close callbacks
 
 
 def relay(response: UpstreamBody, environ: dict[str, Any], transform: EventTransform,

@@ -195,3 +195,23 @@ def test_an_error_event_in_a_batch_follows_the_events_before_it():
     assert [e["text"] for e in got[:2]] == [" a", " b"]
     assert_ends_with_error(got, "upstream_stream_error")
     assert len(got) == 4
+
+
+@responses.activate
+def test_the_server_iterates_the_relay_itself_and_closing_the_body_ends_the_generation(app, finished_exchanges):
+    import types
+
+    from werkzeug.test import EnvironBuilder
+
+    responses.post(COMPLETIONS, body=UPSTREAM_STREAM, content_type="text/event-stream")
+    environ = EnvironBuilder(path="/v1/generate/stream", method="POST",
+                             json={"prompt": "the sky", "max_tokens": 3}).get_environ()
+    body = app(environ, lambda status, headers, exc_info=None: None)
+    pieces = iter(body)
+    # No wrapper per piece between gunicorn and the relay: each is a Python call per event
+    # and a stack frame that every waiting stream keeps.
+    assert isinstance(pieces, types.GeneratorType) and pieces.gi_code.co_name == "relay"
+    assert b" The" in next(pieces)
+    body.close()  # what gunicorn does when the client has gone
+    [exchange] = finished_exchanges
+    assert exchange.outcome == "client_cancelled" and exchange.status == 499
