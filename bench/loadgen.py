@@ -127,6 +127,9 @@ class StreamsResult:
     rss_peak: int
     cpu_us_per_event: float  # CPU time of the processes under test per relayed token event
     client_cpu_share: float
+    # Every stream had its first token before the first one ended: at the peak, all of them were
+    # open in the proxy at once (else RSS per stream divides by streams that were not all there).
+    open_together: bool = False
     gap_histogram: list[int] = field(repr=False, default_factory=list)  # GAP_BIN wide bins, last: beyond
 
     @property
@@ -304,6 +307,7 @@ async def streams(endpoint: Endpoint, count: int, tokens: int, timeout: float, w
         e2e_p50=stats.percentile(e2es, 50), e2e_p99=stats.percentile(e2es, 99), token_events=events,
         rss_before=usage.rss_before, rss_peak=usage.rss_peak,
         cpu_us_per_event=usage.cpu_seconds / events * 1e6 if events else math.nan, client_cpu_share=client_share,
+        open_together=len(e2es) == count and len(ttfts) == count and max(ttfts) < min(e2es),
         gap_histogram=stats.histogram(gaps, GAP_BIN, GAP_BINS))
 
 

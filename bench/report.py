@@ -175,8 +175,14 @@ def _streams_section(suite: Suite, kind: str, title: str) -> str:
     header = ["design", "completed", "errors (all rounds)", "TTFT p50 (ms)", "TTFT p99 (ms)", "added TTFT p50 (ms)",
               "gap p50 (ms)", "gap p99 (ms)", "gaps < 2 ms", "end to end p50 (s)", "RSS per stream (KiB)",
               "proxy CPU µs per token", "tokens/s one core can relay at that cost", "load side CPU"]
-    return (f"### {title}\n\nRSS per stream: (peak − before) / streams, on a process that held no streams "
-            f"before (else –). A stream at 20 ms between tokens needs 50 tokens/s.\n\n" + _table(header, rows))
+    together = {d: sum(1 for r in suite.rounds if (suite.streams(d, kind, r) or {}).get("open_together"))
+                for d in designs}
+    gaps = ("Tokens 200 ms apart, so that all streams are open at once when memory peaks "
+            if kind == "capacity" else "A stream at 20 ms between tokens needs 50 tokens/s. ")
+    return (f"### {title}\n\nRSS per stream: (peak − before) / streams, each run on a freshly started proxy. "
+            f"{gaps}All open at once (every stream had its first token before the first one ended), rounds: "
+            + ", ".join(f"{d} {n} of {len(suite.rounds)}" for d, n in together.items()) + ".\n\n"
+            + _table(header, rows))
 
 
 def _per_core(us_per_token: Spread) -> Spread:
