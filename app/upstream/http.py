@@ -10,6 +10,7 @@ relay writes, in one piece, every event that arrived together.
 """
 from __future__ import annotations
 
+import http.client
 import json
 import os
 from collections.abc import Iterator
@@ -19,6 +20,10 @@ import urllib3
 from urllib3.exceptions import HTTPError
 
 READ_SIZE = 65536  # the most one read takes from the socket's buffer
+# The buffer an upstream response is read through, which every open stream holds for its whole
+# life: http.client's 8 KiB would be a sixth of a stream's memory. Events are a few hundred
+# bytes; when more is waiting than this holds, the next read takes it at once.
+RESPONSE_BUFFER_BYTES = 2048
 MAX_SIZE_LINE = 1024  # a chunk-size line longer than this is garbage, not a size
 # What a failing upstream connection raises from here (mapped in app/upstream/errors.py).
 TRANSPORT_ERRORS = (HTTPError, OSError)
@@ -148,6 +153,26 @@ def _buffered_reader(raw: urllib3.BaseHTTPResponse) -> Any:
     return getattr(original, "fp", None)
 
 
+class _SmallBufferResponse(http.client.HTTPResponse):
+    """http.client's response, read through a RESPONSE_BUFFER_BYTES buffer."""
+
+    def __init__(self, sock: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(sock, *args, **kwargs)
+        self.fp.close()  # http.client's own reader: nothing read through it yet
+        self.fp = sock.makefile("rb", RESPONSE_BUFFER_BYTES)
+
+
+_connection_classes: dict[type, type] = {}
+
+
+def _small_buffer_connections(connection_class: type) -> type:
+    """`connection_class` (urllib3's HTTP or HTTPS connection) with responses read through a small buffer."""
+    if connection_class not in _connection_classes:
+        _connection_classes[connection_class] = type(f"SmallBuffer{connection_class.__name__}", (connection_class,),
+                                                     {"response_class": _SmallBufferResponse})
+    return _connection_classes[connection_class]
+
+
 class Transport:
     """One pool of keep-alive connections to one upstream, per worker process (made after the fork)."""
 
@@ -166,6 +191,7 @@ class Transport:
             # block=False: past pool_size a connection is made anyway, and not kept afterwards.
             self._pool = urllib3.connection_from_url(self.base_url, maxsize=self.pool_size, block=False,
                                                      retries=False)
+            self._pool.ConnectionCls = _small_buffer_connections(self._pool.ConnectionCls)
             self._pid = os.getpid()
         return self._pool
 
