@@ -38,13 +38,22 @@ _signals = Namespace()
 degraded = _signals.signal("sluice.redis-degraded")
 
 
-def connect(url: str, timeout: float) -> redis.Redis:
-    """A pooled Redis client that gives up after `timeout` seconds and never retries by itself."""
+def connect(url: str, timeout: float, max_connections: int | None = None) -> redis.Redis:
+    """A pooled Redis client that gives up after `timeout` seconds and never retries by itself.
+
+    With `max_connections`, a call waits (at most `timeout`) for a free connection instead of
+    opening one more: unbounded, a burst of 2,000 streams opened 1,127 connections, each a
+    client Redis keeps buffers for.
+    """
     # redis-py 7 retries 3 times with backoff by default; the outage policy needs a prompt answer.
     # The driver's version, given once: else every new pooled connection looks it up in the
-    # installed packages' metadata (a burst of 500 requests opens 500 connections).
-    return redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout,
-                                retry=Retry(NoBackoff(), 0), driver_info=DriverInfo(lib_version=redis.__version__))
+    # installed packages' metadata.
+    options: dict[str, Any] = {"socket_connect_timeout": timeout, "socket_timeout": timeout,
+                               "retry": Retry(NoBackoff(), 0), "driver_info": DriverInfo(lib_version=redis.__version__)}
+    if max_connections is None:
+        return redis.Redis.from_url(url, **options)
+    pool = redis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=timeout, **options)
+    return redis.Redis.from_pool(pool)
 
 
 def run_script(client: redis.Redis, script: Script, keys: list[str], args: list[Any]) -> Any:
@@ -131,7 +140,7 @@ def unavailable() -> Unavailable:
 def init_app(app: Flask) -> None:
     """Connect (lazily) to SLUICE_REDIS_URL, if set, with the configured outage policy."""
     url = app.config["REDIS_URL"]
-    client = connect(url, app.config["REDIS_TIMEOUT"]) if url else None
+    client = connect(url, app.config["REDIS_TIMEOUT"], app.config["REDIS_MAX_CONNECTIONS"]) if url else None
     app.extensions[EXTENSION] = SharedState(client, fail_open=app.config["REDIS_FAILURE_MODE"] == "open")
 
     @app.errorhandler(redis.RedisError)

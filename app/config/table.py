@@ -136,6 +136,9 @@ SETTINGS: tuple[Setting, ...] = (
             "be lost (keys live in the database). Empty: limits are counted per worker process."),
     Setting("REDIS_TIMEOUT", float, 1.0, "Seconds to connect to Redis, or to wait for its answer, before it "
             "counts as down.", minimum=0.001),
+    Setting("REDIS_MAX_CONNECTIONS", int, 64,
+            "Connections to Redis a worker opens at most; a request waits (at most REDIS_TIMEOUT) for one "
+            "that is free. Bounds what a burst of requests costs Redis and the worker.", minimum=1),
     Setting("REDIS_FAILURE_MODE", str, "open",
             "When Redis is down: `open` keeps serving with per-process limits (a warning is logged), "
             "`closed` refuses with 503. Unknown keys are never let in either way.", choices=("open", "closed")),

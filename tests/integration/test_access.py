@@ -321,3 +321,23 @@ def test_no_keys_on_a_public_address_refuses_to_start(tmp_path):
                  env={"SLUICE_BIND": "0.0.0.0:0"}, log=tmp_path / "refused.log")
     assert gw.proc.wait(timeout=30) != 0
     assert "SLUICE_ALLOW_UNAUTHENTICATED=true" in gw.log_tail()
+
+
+def test_a_burst_waits_for_the_workers_few_redis_connections_instead_of_opening_one_each(simulator, tmp_path):
+    redis = Redis(log=tmp_path / "redis.log")
+    keys_file = tmp_path / "keys.json"
+    key, _ = KeyRing(FileKeyStore(keys_file), None).create("k", rpm=1000, tpm=1_000_000, max_concurrent=100)
+    gw = Gateway({"SLUICE_UPSTREAM_URL": simulator.url, "SLUICE_REDIS_URL": redis.url,
+                  "SLUICE_KEYS_FILE": str(keys_file), "SLUICE_REDIS_MAX_CONNECTIONS": "3", **PID_LOG},
+                 log=tmp_path / "gateway.log")
+    try:
+        assert generate(gw, key).status_code == 200
+        opened_before = redis.client.info("stats")["total_connections_received"]
+        replies, _ = burst(gw, key, 40)
+        assert [r.status_code for r in replies] == [200] * 40, "every request served: waiting is not an outage"
+        opened = redis.client.info("stats")["total_connections_received"] - opened_before
+        assert opened <= 3, f"{opened} connections opened for 40 requests at once"
+        assert "Redis unreachable" not in gw.log_path.read_text()
+    finally:
+        gw.stop()
+        redis.stop()
