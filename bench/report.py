@@ -177,11 +177,12 @@ def _streams_section(suite: Suite, kind: str, title: str) -> str:
               "proxy CPU µs per token", "tokens/s one core can relay at that cost", "load side CPU"]
     together = {d: sum(1 for r in suite.rounds if (suite.streams(d, kind, r) or {}).get("open_together"))
                 for d in designs}
-    gaps = ("Tokens 200 ms apart, so that all streams are open at once when memory peaks "
-            if kind == "capacity" else "A stream at 20 ms between tokens needs 50 tokens/s. ")
-    return (f"### {title}\n\nRSS per stream: (peak − before) / streams, each run on a freshly started proxy. "
-            f"{gaps}All open at once (every stream had its first token before the first one ended), rounds: "
-            + ", ".join(f"{d} {n} of {len(suite.rounds)}" for d, n in together.items()) + ".\n\n"
+    how = ("RSS per stream: (peak − before) / streams, on a freshly started proxy that served one stream "
+           "before. Tokens 200 ms apart, so that all streams are open at once when memory peaks. "
+           if kind == "capacity" else "On a freshly started proxy, after a first burst of as many streams (measured "
+           "warm, as a gateway runs; so no RSS per stream). A stream at 20 ms between tokens needs 50 tokens/s. ")
+    return (f"### {title}\n\n{how}All open at once (every stream had its first token before the first one "
+            "ended), rounds: " + ", ".join(f"{d} {n} of {len(suite.rounds)}" for d, n in together.items()) + ".\n\n"
             + _table(header, rows))
 
 

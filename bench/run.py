@@ -110,7 +110,12 @@ class Runner:
                 self.rows["blocking"].append(row(round_, design, running.endpoint.api.name, result, rps=result.rps))
 
     async def streams(self, design: Design, round_: int) -> None:
-        """The capacity test, then N streams, each on a fresh process (memory per stream from a clean start)."""
+        """The capacity test, then N streams, each on a freshly started proxy.
+
+        The capacity test follows one stream (memory per stream from a clean start); the N streams
+        follow a first burst of N, so that every design is measured warm, as a gateway runs (its
+        pools filled), and their memory per stream is not reported.
+        """
         plan = self.plan
         if design.blocking_only:
             return
@@ -119,14 +124,15 @@ class Runner:
         for kind, count in counts:
             with self.start(design, kind) as running:
                 watch = self.watch(running, kind)
-                await loadgen.streams(running.endpoint, 1, plan.stream_tokens, plan.stream_timeout, watch)  # warm-up
+                warm_up = 1 if kind == "capacity" else count
+                await loadgen.streams(running.endpoint, warm_up, plan.stream_tokens, plan.stream_timeout, watch)
                 result = await loadgen.streams(running.endpoint, count, plan.stream_tokens, plan.stream_timeout, watch)
             log(f"  {design.name} {count} streams: {result.completed} completed, TTFT p50 "
                 f"{result.ttft_p50 * 1e3:.0f} ms, gap p50 {result.gap_p50 * 1e3:.1f} ms, "
                 f"{result.rss_per_stream / 1024:.1f} KiB/stream (all open at once: {result.open_together}), "
                 f"errors {result.errors or 0}")
             self.rows["streams"].append(row(round_, design, running.endpoint.api.name, result, kind=kind,
-                                            rss_per_stream=result.rss_per_stream))
+                                            rss_per_stream=result.rss_per_stream if kind == "capacity" else None))
 
     async def cancel(self, design: Design, round_: int) -> None:
         """Cancellation trials, each case several times."""
