@@ -43,6 +43,7 @@ class Guard:
         self.active = True  # an interruption may still be thrown in
         self.writing = False  # the stream handed a piece to gunicorn, which is writing it
         self.pending: BaseException | None = None
+        self._writing = _WritingToClient(self)
 
     def interrupt(self, error: BaseException) -> None:
         """Raise `error` in the guarded greenlet (callable from any greenlet), if it is still inside."""
@@ -50,20 +51,30 @@ class Guard:
         # callback runs, the greenlet may have left it and moved on to other work.
         get_hub().loop.run_callback(_interrupt, self, error)
 
-    @contextmanager
-    def writing_to_client(self) -> Iterator[None]:
+    def writing_to_client(self) -> _WritingToClient:
         """Around a stream's `yield`: an interruption now waits until gunicorn has written the piece.
 
         Thrown during the write, it would surface inside gunicorn, which cuts the connection
         without the error event.
         """
-        self.writing = True
-        try:
-            yield
-        finally:
-            self.writing = False
-        pending, self.pending = self.pending, None
-        if pending is not None:
+        return self._writing
+
+
+class _WritingToClient:
+    """Guard.writing_to_client's context manager: one per guard, entered once per piece a stream sends
+    (a class, not @contextmanager, which would build a generator per piece)."""
+
+    def __init__(self, guard: Guard) -> None:
+        self.guard = guard
+
+    def __enter__(self) -> None:
+        self.guard.writing = True
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        guard = self.guard
+        guard.writing = False
+        if exc_type is None and guard.pending is not None:
+            pending, guard.pending = guard.pending, None
             raise pending
 
 
