@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import gevent.queue
 import redis
 from blinker import Namespace
 from flask import Flask, current_app
@@ -52,7 +53,10 @@ def connect(url: str, timeout: float, max_connections: int | None = None) -> red
                                "retry": Retry(NoBackoff(), 0), "driver_info": DriverInfo(lib_version=redis.__version__)}
     if max_connections is None:
         return redis.Redis.from_url(url, **options)
-    pool = redis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=timeout, **options)
+    # gevent's queue (compiled) to wait in: the standard one's lock and condition variables cost
+    # about 3 % of a blocking request's instructions, for three checkouts.
+    pool = redis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=timeout,
+                                                 queue_class=gevent.queue.LifoQueue, **options)
     return redis.Redis.from_pool(pool)
 
 
