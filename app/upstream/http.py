@@ -10,6 +10,7 @@ relay writes, in one piece, every event that arrived together.
 """
 from __future__ import annotations
 
+import functools
 import http.client
 import json
 import os
@@ -162,15 +163,11 @@ class _SmallBufferResponse(http.client.HTTPResponse):
         self.fp = sock.makefile("rb", RESPONSE_BUFFER_BYTES)
 
 
-_connection_classes: dict[type, type] = {}
-
-
+@functools.cache  # one subclass per connection class, however many pools are made
 def _small_buffer_connections(connection_class: type) -> type:
     """`connection_class` (urllib3's HTTP or HTTPS connection) with responses read through a small buffer."""
-    if connection_class not in _connection_classes:
-        _connection_classes[connection_class] = type(f"SmallBuffer{connection_class.__name__}", (connection_class,),
-                                                     {"response_class": _SmallBufferResponse})
-    return _connection_classes[connection_class]
+    return type(f"SmallBuffer{connection_class.__name__}", (connection_class,),
+                {"response_class": _SmallBufferResponse})
 
 
 class Transport:

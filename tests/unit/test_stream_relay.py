@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import json
+import types
 
 import pytest
 import requests
 import responses
+from werkzeug.test import EnvironBuilder
 
 from app.api.generate import NativeStreamTranslator
 from app.exchange import Exchange
@@ -199,10 +201,6 @@ def test_an_error_event_in_a_batch_follows_the_events_before_it():
 
 @responses.activate
 def test_the_server_iterates_the_relay_itself_and_closing_the_body_ends_the_generation(app, finished_exchanges):
-    import types
-
-    from werkzeug.test import EnvironBuilder
-
     responses.post(COMPLETIONS, body=UPSTREAM_STREAM, content_type="text/event-stream")
     environ = EnvironBuilder(path="/v1/generate/stream", method="POST",
                              json={"prompt": "the sky", "max_tokens": 3}).get_environ()
