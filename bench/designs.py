@@ -34,7 +34,6 @@ class Design:
     sluice_workers: int = 0
     nginx: bool = False
     relay_app: str = ""  # a small relay's WSGI app (the seed proxy, a floor) run by GeventApp instead of Sluice
-    blocking_only: bool = False  # a floor: it relays blocking requests only, so streams and cancellation are skipped
 
 
 DIRECT = Design("direct", "direct to the simulator (no proxy)")
@@ -43,9 +42,9 @@ SEED_FLASK = Design("seed-flask", "the guide's Flask + requests proxy, gunicorn 
                     relay_app="bench.seed.app:app")
 # The stack's own cost (bench/floor/): gunicorn + gevent + urllib3, then the same with a Flask view.
 FLOOR_WSGI = Design("floor-wsgi", "bare WSGI relay on urllib3, gunicorn -k gevent -w 1",
-                    relay_app="bench.floor.app:wsgi", blocking_only=True)
+                    relay_app="bench.floor.app:wsgi")
 FLOOR_FLASK = Design("floor-flask", "one Flask view relaying on urllib3, gunicorn -k gevent -w 1",
-                     relay_app="bench.floor.app:app", blocking_only=True)
+                     relay_app="bench.floor.app:app")
 SLUICE_1 = Design("sluice-1w", "Sluice, 1 gevent worker", sluice_workers=1)
 SLUICE_2 = Design("sluice-2w", "Sluice, 2 gevent workers on the one core", sluice_workers=2)
 NGINX_SLUICE = Design("nginx+sluice", "nginx in front of Sluice (1 worker)", sluice_workers=1, nginx=True)

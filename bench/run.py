@@ -67,7 +67,7 @@ FULL = Plan(rounds=3, concurrency=(1, 8, 64), warmup=1.0, duration=4.0, streams=
             designs=tuple(d.name for d in designs.ALL))
 SHORT = Plan(rounds=1, concurrency=(1, 8), warmup=0.2, duration=0.4, streams=10, capacity=20,
              capacity_designs=("direct", "sluice-1w"), cancel_trials=1,
-             designs=("direct", "nginx", "sluice-1w"), stream_timeout=30.0)
+             designs=("direct", "nginx", "seed-flask", "floor-wsgi", "floor-flask", "sluice-1w"), stream_timeout=30.0)
 
 
 def log(message: str) -> None:
@@ -117,8 +117,6 @@ class Runner:
         pools filled), and their memory per stream is not reported.
         """
         plan = self.plan
-        if design.blocking_only:
-            return
         counts = ([("capacity", plan.capacity)] if design.name in plan.capacity_designs else []) + \
                  [("streams", plan.streams)]
         for kind, count in counts:

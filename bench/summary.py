@@ -11,7 +11,7 @@ from typing import Any
 from bench.stats import Spread
 
 REFERENCE = "direct"
-FLOOR = "nginx"
+NGINX = "nginx"  # a proxy in C: what CPU per token and time to first token are compared with
 SEED = "seed-flask"  # the guide's 20-line Flask + requests proxy: what Sluice's CPU is compared with
 SUBJECT = "sluice-1w"  # the design the targets are about: one gevent worker on one core
 UPSTREAM_GAP = 0.02  # the simulator's time between tokens in the stream phases
@@ -71,6 +71,14 @@ class Suite:
         """The design's median time to first token minus the direct path's, in the same round."""
         return self.over_rounds(lambda r: _minus(_get(self.streams(design, kind, r), "ttft_p50"),
                                                  _get(self.streams(REFERENCE, kind, r), "ttft_p50")))
+
+    def blocking_value(self, concurrency: int, key: str) -> Callable[[str, int], float | None]:
+        """value(design, round) of a blocking level's `key`: what ratio() divides."""
+        return lambda design, r: _get(self.blocking(design, concurrency, r), key)
+
+    def streams_value(self, kind: str, key: str) -> Callable[[str, int], float | None]:
+        """value(design, round) of a stream phase's `key`: what ratio() divides."""
+        return lambda design, r: _get(self.streams(design, kind, r), key)
 
     def ratio(self, design: str, other: str, figure: Callable[[str, int], float | None]) -> Spread:
         """figure(design) / figure(other), round by round."""
@@ -149,12 +157,7 @@ def _cost_verdicts(suite: Suite, subject: str, top: int) -> list[Verdict]:
     """CPU per request against the seed proxy, CPU per token and time to first token against nginx."""
     out: list[Verdict] = []
 
-    def cpu_per_request(design: str, r: int) -> float | None:
-        return _get(suite.blocking(design, top, r), "cpu_us_per_request")
-
-    def stream_figure(key: str) -> Callable[[str, int], float | None]:
-        return lambda design, r: _get(suite.streams(design, "streams", r), key)
-
+    cpu_per_request = suite.blocking_value(top, "cpu_us_per_request")
     own = suite.blocking_figure(subject, top, "cpu_us_per_request")
     if SEED in suite.designs:
         ratio = suite.ratio(subject, SEED, cpu_per_request)
@@ -166,20 +169,20 @@ def _cost_verdicts(suite: Suite, subject: str, top: int) -> list[Verdict]:
     out.append(Verdict(f"CPU per blocking request (c={top}) ≤ {CPU_PER_REQUEST_MAX * 1e6:.0f} µs",
                        "not measured" if not own.known else f"{own.median:,.0f} µs [{own.low:,.0f}–{own.high:,.0f}]",
                        _judge(own, lambda v: v <= CPU_PER_REQUEST_MAX * 1e6)))
-    if FLOOR not in suite.designs:
+    if NGINX not in suite.designs:
         return out
-    per_token = suite.ratio(subject, FLOOR, stream_figure("cpu_us_per_event"))
-    mine, floor = (suite.streams_figure(d, "streams", "cpu_us_per_event") for d in (subject, FLOOR))
+    per_token = suite.ratio(subject, NGINX, suite.streams_value("streams", "cpu_us_per_event"))
+    mine, nginx = (suite.streams_figure(d, "streams", "cpu_us_per_event") for d in (subject, NGINX))
     out.append(Verdict(f"CPU per relayed token ({suite.api(subject)} API) ≤ {CPU_PER_TOKEN_VS_NGINX_MAX:g}× nginx's",
                        "not measured" if not per_token.known else
-                       f"{mine.median:.0f} µs vs nginx {floor.median:.0f} µs: {_times(per_token)}",
+                       f"{mine.median:.0f} µs vs nginx {nginx.median:.0f} µs: {_times(per_token)}",
                        _judge(per_token, lambda v: v <= CPU_PER_TOKEN_VS_NGINX_MAX)))
     count = suite.plan["streams"]
-    ttft = suite.ratio(subject, FLOOR, stream_figure("ttft_p50"))
-    mine, floor = (suite.streams_figure(d, "streams", "ttft_p50") for d in (subject, FLOOR))
+    ttft = suite.ratio(subject, NGINX, suite.streams_value("streams", "ttft_p50"))
+    mine, nginx = (suite.streams_figure(d, "streams", "ttft_p50") for d in (subject, NGINX))
     out.append(Verdict(f"time to first token p50, {count:,} concurrent streams ≤ {TTFT_RATIO_MAX:g}× nginx's",
                        "not measured" if not ttft.known else
-                       f"{mine.median * 1e3:,.0f} ms vs nginx {floor.median * 1e3:,.0f} ms: {_times(ttft)}",
+                       f"{mine.median * 1e3:,.0f} ms vs nginx {nginx.median * 1e3:,.0f} ms: {_times(ttft)}",
                        _judge(ttft, lambda v: v <= TTFT_RATIO_MAX),
                        "the load side (client + upstream) was saturated: the client may be the limit"
                        if _saturated(suite.streams(subject, "streams", r) for r in suite.rounds) else ""))

@@ -10,6 +10,7 @@ import math
 import subprocess
 import sys
 
+from bench.designs import BY_NAME
 from bench.loadgen import CANCEL_CASES
 from bench.processes import ROOT
 from bench.report import BEGIN, END
@@ -17,7 +18,7 @@ from bench.report import BEGIN, END
 
 def test_short_benchmark_produces_its_figures(tmp_path):
     done = subprocess.run([sys.executable, "-m", "bench.run", "--short", "--out", str(tmp_path)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=180)
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     suite = json.loads((tmp_path / "results.json").read_text())["suite"]
@@ -31,6 +32,9 @@ def test_short_benchmark_produces_its_figures(tmp_path):
         assert streams["streams"]["ttft_p50"] > 0 and streams["streams"]["gap_p50"] > 0
         assert sum(streams["streams"]["gap_histogram"]) > 0
         cancels = [r for r in suite["cancel"] if r["design"] == design]
+        if BY_NAME[design].relay_app:
+            assert not cancels, "the small relays watch for no departed client: nothing to time"
+            continue
         assert sorted({r["case"] for r in cancels}) == sorted(CANCEL_CASES)
         assert all(r["seconds"] is not None for r in cancels), "every abandoned request reached the upstream's close"
     capacity = [r for r in suite["streams"] if r["kind"] == "capacity"]
@@ -41,7 +45,8 @@ def test_short_benchmark_produces_its_figures(tmp_path):
 
     rendered = (tmp_path / "results.md").read_text()
     assert rendered.startswith(BEGIN) and rendered.rstrip().endswith(END)
-    for heading in ("### Targets", "### Designs side by side", "### Blocking requests", "### Cancellation"):
+    for heading in ("### Targets", "### Designs side by side", "### The stack's floor", "### Blocking requests",
+                    "### Cancellation"):
         assert heading in rendered
     for plot in ("latency.png", "gaps.png"):
         assert (tmp_path / plot).read_bytes().startswith(b"\x89PNG")
