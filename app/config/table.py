@@ -75,7 +75,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MAX_TOKENS_LIMIT", int, 4096, "Largest max_tokens a request may ask for; larger gets 422.", minimum=1),
     Setting("MAX_N", int, 8, "Largest n and best_of; 422 above. Tokens are reserved per completion.", minimum=1),
     Setting("MAX_UPSTREAM_BODY_BYTES", int, 32 * MiB, "Largest blocking upstream answer; 502 above.", minimum=1),
-    Setting("MAX_SSE_EVENT_BYTES", int, 32 * MiB, "Largest upstream stream event; an error event above.", minimum=1),
+    Setting("MAX_SSE_EVENT_BYTES", int, 32 * MiB, "Largest upstream stream event or Ollama line; an error event above.",
+            minimum=1),
     # --- compatible API, WebSocket, model names and upstream kinds ---
     Setting("UPSTREAM_KIND", str, "vllm",
             "What the upstream is: vllm; ollama (its native /api/generate and /api/chat, translated); or "

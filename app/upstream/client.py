@@ -18,6 +18,7 @@ from requests.adapters import HTTPAdapter
 from app.errors import UpstreamBadResponse
 from app.upstream import errors
 from app.upstream.http import TRANSPORT_ERRORS, Response, Transport
+from app.upstream.sse import DEFAULT_MAX_EVENT_BYTES
 
 JSON_TYPE = "application/json"
 SSE_TYPE = "text/event-stream"
@@ -30,8 +31,13 @@ class UpstreamClient:
     health_path = "/health"  # vLLM's; a 200 there means it can serve
 
     def __init__(self, base_url: str, *, connect_timeout: float, read_timeout: float,
-                 health_timeout: float, pool_size: int, api_key: str = "") -> None:
+                 health_timeout: float, pool_size: int, api_key: str = "",
+                 max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
         self.base_url = base_url.rstrip("/")
+        # The most of one stream event a response may hold unfinished. The relay's SSE parser keeps
+        # vLLM's events to the same bound itself; a client that translates a stream (Ollama's NDJSON
+        # lines) keeps what it buffers to it.
+        self.max_event_bytes = max_event_bytes
         self.timeout = (connect_timeout, read_timeout)
         self.health_timeout = (connect_timeout, health_timeout)
         self.pool_size = pool_size

@@ -13,27 +13,61 @@ from typing import Any
 from app.upstream.client import JSON_TYPE, UpstreamClient
 from app.upstream.http import Response
 from app.upstream.ollama_wire import Answer, models_from_tags, ollama_request
+from app.upstream.sse import DEFAULT_MAX_EVENT_BYTES, EventTooLarge
 
 NDJSON_TYPE = "application/x-ndjson"
+
+
+class NDJSONLines:
+    """Feed it raw bytes as they arrive; it returns each line completed so far (without its newline).
+
+    Linear in its input however many chunks a line spans (each chunk is appended once and searched
+    once), and bounded: an unfinished line longer than `max_line_bytes` raises EventTooLarge, the
+    relay's error for an upstream event over SLUICE_MAX_SSE_EVENT_BYTES (a line becomes one event).
+    """
+
+    def __init__(self, max_line_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
+        self.max_line_bytes = max_line_bytes
+        self._pending = bytearray()
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        searched = len(self._pending)  # what is already buffered holds no newline
+        self._pending += chunk
+        pending, lines, start = self._pending, [], 0
+        while (end := pending.find(b"\n", searched)) != -1:
+            if end - start > self.max_line_bytes:
+                raise EventTooLarge(self.max_line_bytes)
+            lines.append(bytes(pending[start:end]))
+            start = searched = end + 1
+        if start:
+            del pending[:start]
+        if len(pending) > self.max_line_bytes:
+            raise EventTooLarge(self.max_line_bytes)
+        return lines
+
+    def rest(self) -> bytes:
+        """What follows the last newline: a last line the upstream did not end."""
+        return bytes(self._pending)
 
 
 class OllamaResponse:
     """An open Ollama response seen as an OpenAI one: iter_content gives SSE bytes, json() the body."""
 
-    def __init__(self, response: Response, answer: Answer) -> None:
+    def __init__(self, response: Response, answer: Answer, max_line_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
         self._response = response
         self._answer = answer
+        self._max_line_bytes = max_line_bytes
 
     def iter_content(self, chunk_size: int | None = None) -> Iterator[bytes]:
         """OpenAI SSE events for each NDJSON line, as the lines arrive (lines may span chunks)."""
-        pending = b""
+        lines = NDJSONLines(self._max_line_bytes)
         for chunk in self._response.iter_content(chunk_size=None):
-            *lines, pending = (pending + chunk).split(b"\n")
-            out = b"".join(self._answer.events(line) for line in lines if line.strip())
+            out = b"".join(self._answer.events(line) for line in lines.feed(chunk) if line.strip())
             if out:
                 yield out
-        if pending.strip():  # a last line without its newline
-            yield self._answer.events(pending)
+        last = lines.rest()
+        if last.strip():  # a last line without its newline
+            yield self._answer.events(last)
 
     @property
     def headers(self) -> Any:
@@ -60,7 +94,7 @@ class OllamaClient(UpstreamClient):
         answer = Answer(path, payload["model"], request_id or uuid.uuid4().hex, include_usage=_wants_usage(payload))
         response = self.post(ollama_path, body, request_id=request_id,
                              expected_type=NDJSON_TYPE if stream else JSON_TYPE)
-        return OllamaResponse(response, answer)
+        return OllamaResponse(response, answer, self.max_event_bytes)
 
     def get_json(self, path: str) -> Any:
         """The model list (the only document the gateway reads this way), from /api/tags."""

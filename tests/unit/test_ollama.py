@@ -10,8 +10,9 @@ import responses
 from app.config import SETTINGS_BY_NAME
 from app.errors import InvalidRequest
 from app.upstream import CLIENT_KINDS, make_client
-from app.upstream.ollama import OllamaResponse
+from app.upstream.ollama import NDJSONLines, OllamaResponse
 from app.upstream.ollama_wire import CHAT, COMPLETIONS, Answer, ollama_request
+from app.upstream.sse import EventTooLarge
 from bench.sse_client import events_of
 from tests.conftest import UPSTREAM
 
@@ -144,6 +145,29 @@ def test_error_line_mid_stream_ends_with_error_event(client):
     assert got[0]["choices"][0]["delta"]["content"] == "The"
     assert got[-1] == "[DONE]" and got[-2]["error"]["code"] == "upstream_stream_error"
     assert "unexpected EOF" in got[-2]["error"]["message"]
+
+
+@responses.activate
+def test_a_line_over_the_event_bound_ends_the_stream_with_an_error_event(make_app):
+    # An upstream that never ends its line must not make the gateway buffer without end.
+    client = make_app(UPSTREAM_KIND="ollama", MODEL=MODEL, MAX_SSE_EVENT_BYTES=4096).test_client()
+    responses.post(UPSTREAM + "/api/chat", body=b'{"message": "' + b"a" * 100_000,
+                   content_type="application/x-ndjson")
+    got = events_of(client.post("/v1/chat/completions", json={
+        "model": MODEL, "stream": True, "messages": [{"role": "user", "content": "Capital of France?"}]}).data)
+    assert got[-1] == "[DONE]" and got[-2]["error"]["code"] == "upstream_event_too_large"
+    assert "MAX_SSE_EVENT_BYTES" in got[-2]["error"]["message"]
+
+
+def test_ndjson_lines_are_bounded_however_they_arrive():
+    lines = NDJSONLines(max_line_bytes=8)
+    assert lines.feed(b"12345678\n1234") == [b"12345678"]
+    assert lines.feed(b"5678\n\n") == [b"12345678", b""]
+    assert lines.feed(b"123") == [] and lines.rest() == b"123"
+    with pytest.raises(EventTooLarge):
+        lines.feed(b"456789")  # unfinished, and already past the bound
+    with pytest.raises(EventTooLarge):
+        NDJSONLines(max_line_bytes=8).feed(b"123456789\nok\n")  # finished, but too long
 
 
 @responses.activate
