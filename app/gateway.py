@@ -13,7 +13,6 @@ from typing import Any
 from flask import Response, current_app, g, request
 
 from app.access import admission, replica_slots
-from app.errors import UpstreamBadResponse
 from app.exchange import COMPLETED, GENERATION, REJECTED, Exchange, failures_recorded
 from app.observe.request_id import current_request_id
 from app.relay.disconnect import cancel_on_disconnect
@@ -53,20 +52,10 @@ def complete(path: str, payload: dict[str, Any], *, work: str = GENERATION) -> A
     exchange = new_exchange(payload, work=work)
     with failures_recorded(exchange), cancel_on_disconnect(request.environ), exchange.waiting_upstream():
         with closing(open_upstream(path, payload, exchange, stream=False)) as lease:
-            refuse_oversized_body(lease, current_app.config["MAX_UPSTREAM_BODY_BYTES"])
-            result = lease.read_json()
+            result = lease.read_json()  # at most SLUICE_MAX_UPSTREAM_BODY_BYTES, else a 502
     exchange.record_usage(result.get("usage") if isinstance(result, dict) else None)
     exchange.finish(COMPLETED)
     return result
-
-
-def refuse_oversized_body(lease: Lease, limit: int) -> None:
-    """502 before reading a blocking answer whose Content-Length is over `limit` (MAX_UPSTREAM_BODY_BYTES)."""
-    declared = getattr(lease.response, "headers", {}).get("Content-Length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise UpstreamBadResponse(f"upstream {lease.replica.url} answered {declared} bytes, more than the "
-                                  f"{limit} the gateway reads (setting MAX_UPSTREAM_BODY_BYTES)",
-                                  code="upstream_body_too_large")
 
 
 def open_stream(path: str, payload: dict[str, Any], exchange: Exchange) -> Lease:

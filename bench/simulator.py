@@ -38,6 +38,7 @@ FAULTS: tuple[str, ...] = (
     "status_503",
     "not_json",
     "huge",
+    "huge_chunked",
 )
 
 # Faults that act between tokens; they fire after this many tokens have been sent.
@@ -891,7 +892,7 @@ class SimServer:
             st.tokens_generated += g.n
 
         fault = g.fault
-        if fault == "huge":
+        if fault in ("huge", "huge_chunked"):
             text = self._huge()
             n, finish = len(text) // 4, "length"
         else:
@@ -931,6 +932,13 @@ class SimServer:
                 return "failed_close"
             await self._pause(conn, g)
             await self._send(conn, body[len(body) // 2:])
+            return "completed"
+        if fault == "huge_chunked":
+            # The same answer without a Content-Length: its size is known only once it has all come.
+            await self._send(conn, self._head(200, "application/json", None, g.extra, not keep))
+            for start in range(0, len(body), 65536):
+                await self._send_chunk(conn, body[start:start + 65536])
+            await self._send(conn, b"0\r\n\r\n")
             return "completed"
         if conn.writer.transport.is_closing():
             raise _ClientGone()

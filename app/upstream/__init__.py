@@ -50,6 +50,7 @@ def init_app(app: Flask) -> None:
                                   read_timeout=config["UPSTREAM_READ_TIMEOUT"],
                                   health_timeout=config["UPSTREAM_HEALTH_TIMEOUT"],
                                   pool_size=config["WORKER_CONNECTIONS"],
+                                  max_body_bytes=config["MAX_UPSTREAM_BODY_BYTES"],
                                   max_event_bytes=config["MAX_SSE_EVENT_BYTES"],
                                   api_key=config["UPSTREAM_API_KEY"] if spec.api_key is None else spec.api_key),
                 policy)

@@ -17,7 +17,7 @@ from requests.adapters import HTTPAdapter
 
 from app.errors import UpstreamBadResponse
 from app.upstream import errors
-from app.upstream.http import TRANSPORT_ERRORS, Response, Transport
+from app.upstream.http import DEFAULT_MAX_BODY_BYTES, TRANSPORT_ERRORS, Response, Transport
 from app.upstream.sse import DEFAULT_MAX_EVENT_BYTES
 
 JSON_TYPE = "application/json"
@@ -32,7 +32,7 @@ class UpstreamClient:
 
     def __init__(self, base_url: str, *, connect_timeout: float, read_timeout: float,
                  health_timeout: float, pool_size: int, api_key: str = "",
-                 max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
+                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
         self.base_url = base_url.rstrip("/")
         # The most of one stream event a response may hold unfinished. The relay's SSE parser keeps
         # vLLM's events to the same bound itself; a client that translates a stream (Ollama's NDJSON
@@ -44,7 +44,8 @@ class UpstreamClient:
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._session: requests.Session | None = None
         self._session_pid = 0
-        self.transport = Transport(self.base_url, pool_size=pool_size, headers=self._headers)
+        self.transport = Transport(self.base_url, pool_size=pool_size, headers=self._headers,
+                                   max_body_bytes=max_body_bytes)
 
     @property
     def session(self) -> requests.Session:

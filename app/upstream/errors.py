@@ -22,7 +22,7 @@ from app.errors import (
     UpstreamTimeout,
     ValidationFailed,
 )
-from app.upstream.http import BodyCut
+from app.upstream.http import BodyCut, BodyTooLarge
 
 # Upstream statuses that are the client's fault are passed on with the upstream's message;
 # the rest are the gateway's problem and become 502 or 503.
@@ -85,6 +85,9 @@ def from_exception(exc: Exception, replica: str) -> ApiError:
     refused, reset, timed out, or garbled."""
     if isinstance(exc, requests.RequestException):
         return _from_requests(exc, replica)
+    if isinstance(exc, BodyTooLarge):
+        return UpstreamBadResponse(f"upstream {replica} answered more than the {exc.limit} bytes the gateway "
+                                   "reads (setting MAX_UPSTREAM_BODY_BYTES)", code="upstream_body_too_large")
     if isinstance(exc, NewConnectionError):  # before its base class, ConnectTimeoutError
         if _is_refused(exc):
             return UpstreamBadResponse(f"upstream {replica} refused the connection", code="upstream_unreachable")

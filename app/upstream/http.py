@@ -26,12 +26,21 @@ READ_SIZE = 65536  # the most one read takes from the socket's buffer
 # bytes; when more is waiting than this holds, the next read takes it at once.
 RESPONSE_BUFFER_BYTES = 2048
 MAX_SIZE_LINE = 1024  # a chunk-size line longer than this is garbage, not a size
+DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024  # a body read whole; the gateway passes SLUICE_MAX_UPSTREAM_BODY_BYTES
 # What a failing upstream connection raises from here (mapped in app/upstream/errors.py).
 TRANSPORT_ERRORS = (HTTPError, OSError)
 
 
 class BodyCut(HTTPError):
     """The upstream's body ended, or broke its framing, before its end."""
+
+
+class BodyTooLarge(HTTPError):
+    """A body read whole (a blocking answer, an error's) is longer than the gateway reads."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the upstream's body is longer than {limit} bytes")
+        self.limit = limit
 
 
 class ChunkedDecoder:
@@ -89,19 +98,39 @@ class ChunkedDecoder:
 class Response:
     """An open upstream response: status, headers, and the body read once, whole or as it arrives."""
 
-    def __init__(self, raw: urllib3.BaseHTTPResponse) -> None:
+    def __init__(self, raw: urllib3.BaseHTTPResponse, max_body_bytes: int | None = None) -> None:
         self.raw = raw
         self.status_code = raw.status
         self.headers = raw.headers
+        self.max_body_bytes = max_body_bytes  # the most `content` reads; None: no bound (a test's)
+        self._content: bytes | None = None
 
     @property
     def content(self) -> bytes:
-        """The whole body (an error's, or a small document)."""
-        return self.raw.data
+        """The whole body (an error's, or a blocking answer), read once; BodyTooLarge past max_body_bytes."""
+        if self._content is None:
+            self._content = self._read_whole()
+        return self._content
 
     def json(self) -> Any:
         """The whole body, parsed (ValueError when it is not JSON)."""
-        return json.loads(self.raw.data)
+        return json.loads(self.content)
+
+    def _read_whole(self) -> bytes:
+        limit = self.max_body_bytes
+        declared = self.headers.get("Content-Length", "")
+        if limit is None or declared.isdigit() and int(declared) <= limit:
+            return self.raw.data  # http.client reads no more than the length declared
+        if declared.isdigit():
+            raise BodyTooLarge(limit)  # refused before a byte of it is read
+        # Chunked, or up to the connection's close: read as it comes, and stop past the bound.
+        pieces, size = [], 0
+        for piece in self.iter_content():
+            size += len(piece)
+            if size > limit:
+                raise BodyTooLarge(limit)
+            pieces.append(piece)
+        return b"".join(pieces)
 
     def iter_content(self, chunk_size: int | None = None) -> Iterator[bytes]:
         """The body as it arrives, each piece everything the socket had (`chunk_size` is ignored)."""
@@ -173,8 +202,9 @@ def _small_buffer_connections(connection_class: type) -> type:
 class Transport:
     """One pool of keep-alive connections to one upstream, per worker process (made after the fork)."""
 
-    def __init__(self, base_url: str, *, pool_size: int, headers: dict[str, str]) -> None:
+    def __init__(self, base_url: str, *, pool_size: int, headers: dict[str, str], max_body_bytes: int) -> None:
         self.base_url = base_url
+        self.max_body_bytes = max_body_bytes  # the most a body read whole may hold
         self.base_path = urllib3.util.parse_url(base_url).path or ""  # a server mounted under a path
         self.pool_size = pool_size
         self.headers = {"Content-Type": "application/json", "Accept": "*/*", **headers}
@@ -197,13 +227,13 @@ class Transport:
         """POST `payload` as JSON; the response's headers are read, its body is not."""
         headers = {**self.headers, **extra_headers} if extra_headers else self.headers
         body = json.dumps(payload, allow_nan=False).encode()
-        return send(self.pool, "POST", self.base_path + path, body, headers, timeout)
+        return send(self.pool, "POST", self.base_path + path, body, headers, timeout, self.max_body_bytes)
 
 
 def send(pool: urllib3.HTTPConnectionPool, method: str, path: str, body: bytes | None, headers: dict[str, str],
-         timeout: tuple[float, float]) -> Response:
+         timeout: tuple[float, float], max_body_bytes: int | None = None) -> Response:
     """One request on `pool`, never retried or redirected (failover is the pool's job, app/upstream/pool.py)."""
     raw = pool.urlopen(method, path, body=body, headers=headers, retries=False, redirect=False,
                        timeout=urllib3.Timeout(connect=timeout[0], read=timeout[1]), preload_content=False,
                        release_conn=False, assert_same_host=False)
-    return Response(raw)
+    return Response(raw, max_body_bytes)

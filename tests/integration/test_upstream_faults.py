@@ -33,6 +33,7 @@ BLOCKING = {
     "status_503": (503, "upstream_overloaded"),
     "not_json": (502, "upstream_not_api"),
     "huge": (200, None),
+    "huge_chunked": (200, None),
 }
 # fault -> (status, error code) of a stream; 200 with a code: tokens, then that error event, then [DONE]
 STREAM = {
@@ -44,6 +45,7 @@ STREAM = {
     "error_event": (200, "upstream_stream_error"),
     "cut_mid_chunk": (200, "upstream_truncated"),
     "huge": (200, None),
+    "huge_chunked": (200, None),
 }
 FAULTS = list(BLOCKING)
 assert set(STREAM) == set(FAULTS)

@@ -12,11 +12,11 @@ import requests
 from app.upstream import http
 
 
-def _send_through_requests(pool, method, path, body, headers, timeout):
+def _send_through_requests(pool, method, path, body, headers, timeout, max_body_bytes=None):
     url = f"{pool.scheme}://{pool.host}{f':{pool.port}' if pool.port else ''}{path}"
     reply = requests.request(method, url, data=body, headers=headers, timeout=timeout, stream=True,
                              allow_redirects=False)
-    return http.Response(reply.raw)
+    return http.Response(reply.raw, max_body_bytes)
 
 
 @pytest.fixture(autouse=True)

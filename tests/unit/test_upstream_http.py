@@ -7,7 +7,7 @@ import threading
 import pytest
 import urllib3
 
-from app.upstream.http import BodyCut, ChunkedDecoder, Response
+from app.upstream.http import BodyCut, BodyTooLarge, ChunkedDecoder, Response
 
 BODY = [b"data: 1\n\n", b"data: 22\n\n", b"data: 333\n\n"]
 CHUNKED = b"".join(b"%x\r\n%s\r\n" % (len(piece), piece) for piece in BODY) + b"0\r\n\r\n"
@@ -58,13 +58,37 @@ def serve_once(response: bytes, then_close: bool = False) -> tuple[int, threadin
 HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
 
 
-def streamed(raw: bytes, then_close: bool = False) -> tuple[urllib3.HTTPConnectionPool, Response, threading.Thread]:
+def streamed(raw: bytes, then_close: bool = False,
+             max_body_bytes: int | None = None) -> tuple[urllib3.HTTPConnectionPool, Response, threading.Thread]:
     """A one-connection pool, and the open response of a server that sends `raw` in one write."""
     port, thread = serve_once(raw, then_close)
     pool = urllib3.HTTPConnectionPool("127.0.0.1", port, maxsize=1, retries=False)
     response = Response(pool.urlopen("POST", "/v1/completions", body=b"{}", preload_content=False,
-                                     release_conn=False))
+                                     release_conn=False), max_body_bytes)
     return pool, response, thread
+
+
+JSON_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked", "close"])
+def test_a_body_read_whole_is_bounded_however_it_is_framed(framing):
+    body = b'{"text": "' + b"x" * 990 + b'"}'
+    head = {"length": b"Content-Length: %d\r\n\r\n" % len(body),
+            "chunked": b"Transfer-Encoding: chunked\r\n\r\n",
+            "close": b"Connection: close\r\n\r\n"}[framing]
+    wire = body if framing != "chunked" else b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    for limit, fits in ((len(body), True), (len(body) - 1, False)):
+        pool, response, thread = streamed(JSON_HEAD + head + wire, then_close=framing == "close",
+                                          max_body_bytes=limit)
+        if fits:
+            assert response.json() == {"text": "x" * 990} and response.content == body
+        else:
+            with pytest.raises(BodyTooLarge):
+                response.content  # noqa: B018 (the read is what is tested)
+        response.close()
+        pool.close()
+        thread.join(5)
 
 
 def test_chunks_that_arrived_together_come_out_as_one_piece():
