@@ -1,19 +1,15 @@
 """The HTTP client to one OpenAI-compatible model server (vLLM, or any server of OpenAI's API).
 
-Generations go through urllib3's pool directly (app/upstream/http.py: a third of requests'
-CPU per call); health checks and model lists, a few per interval, through a requests
-Session. Both are made lazily in the worker (after the fork: a pool inherited from the
-master would share sockets between processes), and the generations' pool is sized to the
-worker's connection limit so that no connection is discarded under load.
+Every request (generations, health checks, model lists, metrics) goes through one urllib3
+pool per upstream (app/upstream/http.py: a third of requests' CPU per call), made lazily in
+the worker (after the fork: a pool inherited from the master would share sockets between
+processes) and sized to the worker's connection limit, so that no connection is discarded
+under load. A body read whole is at most SLUICE_MAX_UPSTREAM_BODY_BYTES.
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
-
-import requests
-from requests.adapters import HTTPAdapter
 
 from app.errors import UpstreamBadResponse
 from app.upstream import errors
@@ -41,23 +37,9 @@ class UpstreamClient:
         self.timeout = (connect_timeout, read_timeout)
         self.health_timeout = (connect_timeout, health_timeout)
         self.pool_size = pool_size
-        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._session: requests.Session | None = None
-        self._session_pid = 0
-        self.transport = Transport(self.base_url, pool_size=pool_size, headers=self._headers,
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.transport = Transport(self.base_url, pool_size=pool_size, headers=headers,
                                    max_body_bytes=max_body_bytes)
-
-    @property
-    def session(self) -> requests.Session:
-        """This process's pooled session for health checks and model lists (a new one after a fork)."""
-        if self._session is None or self._session_pid != os.getpid():
-            session = requests.Session()
-            adapter = HTTPAdapter(pool_connections=1, pool_maxsize=2, max_retries=0)  # one check at a time
-            session.mount("http://", adapter)
-            session.mount("https://", adapter)
-            session.headers.update(self._headers)
-            self._session, self._session_pid = session, os.getpid()
-        return self._session
 
     def open(self, path: str, payload: dict[str, Any], *, request_id: str | None,
              stream: bool) -> Response:
@@ -88,41 +70,50 @@ class UpstreamClient:
 
     def get_json(self, path: str) -> Any:
         """GET a small JSON document (model list)."""
-        return self._get(path, JSON_TYPE, self.read_json)
+        def read(response: Response) -> Any:
+            self._check(response, JSON_TYPE)
+            return self.read_json(response)
+        return self._get(path, read)
 
     def get_text(self, path: str) -> str:
         """GET a small text document (Prometheus metrics)."""
-        text: str = self._get(path, TEXT_TYPE, lambda response: response.text)
+        def read(response: Response) -> str:
+            self._check(response, TEXT_TYPE)
+            return response.text
+        text: str = self._get(path, read)
         return text
-
-    def _get(self, path: str, expected_type: str, read: Callable[[requests.Response], Any]) -> Any:
-        try:
-            with self.session.get(self.base_url + path, timeout=self.health_timeout) as response:
-                self._check(response, expected_type)
-                return read(response)
-        except requests.RequestException as exc:
-            raise errors.from_exception(exc, self.base_url) from None
 
     def check_health(self) -> None:
         """Raise the matching ApiError unless the upstream's health path answers 200."""
-        try:
-            with self.session.get(self.base_url + self.health_path, timeout=self.health_timeout) as response:
-                if response.status_code != 200:
-                    raise errors.from_status(response.status_code, response.content, self.base_url)
-        except requests.RequestException as exc:
-            raise errors.from_exception(exc, self.base_url) from None
+        def read(response: Response) -> None:
+            if response.status_code != 200:
+                raise errors.from_status(response.status_code, response.content, self.base_url)
+        self._get(self.health_path, read)
 
-    def read_json(self, response: Response | requests.Response) -> Any:
+    def _get(self, path: str, read: Callable[[Response], Any]) -> Any:
+        """GET `path` within the health timeout and `read` the answer; transport faults mapped."""
+        try:
+            response = self.transport.get(path, self.health_timeout)
+        except TRANSPORT_ERRORS as exc:
+            raise errors.from_exception(exc, self.base_url) from None
+        try:
+            return read(response)
+        except TRANSPORT_ERRORS as exc:
+            raise errors.from_exception(exc, self.base_url) from None
+        finally:
+            response.close()
+
+    def read_json(self, response: Response) -> Any:
         """The whole body of a JSON response, with transport faults mapped."""
         try:
             return response.json()
-        except ValueError:  # json's and requests' JSONDecodeError alike
+        except ValueError:
             raise UpstreamBadResponse(f"upstream {self.base_url} sent a body that is not JSON",
                                       code="upstream_bad_body") from None
-        except (requests.RequestException, *TRANSPORT_ERRORS) as exc:
+        except TRANSPORT_ERRORS as exc:
             raise errors.from_exception(exc, self.base_url) from None
 
-    def _check(self, response: Response | requests.Response, expected_type: str) -> None:
+    def _check(self, response: Response, expected_type: str) -> None:
         if response.status_code >= 400:
             raise errors.from_status(response.status_code, response.content, self.base_url)
         content_type = response.headers.get("Content-Type", "")

@@ -81,7 +81,7 @@ def from_event(event: dict[str, Any]) -> ApiError:
 
 
 def from_exception(exc: Exception, replica: str) -> ApiError:
-    """The error for a transport failure (urllib3's or the socket's; requests' for health checks):
+    """The error for a transport failure (urllib3's or the socket's; requests' when a relay reads a requests.Response):
     refused, reset, timed out, or garbled."""
     if isinstance(exc, requests.RequestException):
         return _from_requests(exc, replica)

@@ -1,7 +1,8 @@
 """HTTP/1.1 to one upstream with urllib3's connection pool, and its responses read as they arrive.
 
 requests (a Session over the same pool) costs about three times more CPU per call than
-urllib3 alone, on the path every generation takes; health checks are rare and keep it.
+urllib3 alone, on the path every generation takes. Health checks, model lists and metrics
+take the same pool, so that every body read whole has the same bound (`max_body_bytes`).
 
 A streamed body is read from the connection's buffered reader with `read1`: whatever the
 socket holds at that moment, several chunks of the chunked coding at once when the
@@ -112,6 +113,11 @@ class Response:
             self._content = self._read_whole()
         return self._content
 
+    @property
+    def text(self) -> str:
+        """The whole body as text (a metrics page: UTF-8, as Prometheus's text format is)."""
+        return self.content.decode("utf-8", errors="replace")
+
     def json(self) -> Any:
         """The whole body, parsed (ValueError when it is not JSON)."""
         return json.loads(self.content)
@@ -208,6 +214,7 @@ class Transport:
         self.base_path = urllib3.util.parse_url(base_url).path or ""  # a server mounted under a path
         self.pool_size = pool_size
         self.headers = {"Content-Type": "application/json", "Accept": "*/*", **headers}
+        self.get_headers = {"Accept": "*/*", **headers}
         self._pool: urllib3.HTTPConnectionPool | None = None
         self._pid = 0
 
@@ -228,6 +235,10 @@ class Transport:
         headers = {**self.headers, **extra_headers} if extra_headers else self.headers
         body = json.dumps(payload, allow_nan=False).encode()
         return send(self.pool, "POST", self.base_path + path, body, headers, timeout, self.max_body_bytes)
+
+    def get(self, path: str, timeout: tuple[float, float]) -> Response:
+        """GET `path` (a health check, a model list, metrics); the response's headers are read, its body is not."""
+        return send(self.pool, "GET", self.base_path + path, None, self.get_headers, timeout, self.max_body_bytes)
 
 
 def send(pool: urllib3.HTTPConnectionPool, method: str, path: str, body: bytes | None, headers: dict[str, str],

@@ -5,9 +5,13 @@ import socket
 import threading
 
 import pytest
+import responses
 import urllib3
 
+from app.errors import ApiError
+from app.upstream import make_client
 from app.upstream.http import BodyCut, BodyTooLarge, ChunkedDecoder, Response
+from tests.conftest import UPSTREAM
 
 BODY = [b"data: 1\n\n", b"data: 22\n\n", b"data: 333\n\n"]
 CHUNKED = b"".join(b"%x\r\n%s\r\n" % (len(piece), piece) for piece in BODY) + b"0\r\n\r\n"
@@ -125,3 +129,23 @@ def test_a_body_cut_short_raises():
     response.close()
     pool.close()
     thread.join(5)
+
+
+@responses.activate
+def test_health_checks_model_lists_and_metrics_are_read_within_the_body_bound():
+    client = make_client("vllm", UPSTREAM, connect_timeout=1, read_timeout=1, health_timeout=1, pool_size=1,
+                         max_body_bytes=1000)
+    responses.get(UPSTREAM + "/v1/models", json={"object": "list", "data": [{"id": "m"}]})
+    responses.get(UPSTREAM + "/metrics", body="vllm:num_requests_running 1\n", content_type="text/plain")
+    responses.get(UPSTREAM + "/health", body=b"")
+    assert client.get_json("/v1/models")["data"] == [{"id": "m"}]
+    assert client.get_text("/metrics") == "vllm:num_requests_running 1\n"
+    client.check_health()
+
+    responses.get(UPSTREAM + "/v1/models", json={"object": "list", "data": [{"id": "m" * 2000}]})
+    responses.get(UPSTREAM + "/metrics", body="#" * 2000, content_type="text/plain")
+    responses.get(UPSTREAM + "/health", status=500, body=b"x" * 2000)
+    for read in (lambda: client.get_json("/v1/models"), lambda: client.get_text("/metrics"), client.check_health):
+        with pytest.raises(ApiError) as caught:
+            read()
+        assert caught.value.code == "upstream_body_too_large"
