@@ -57,10 +57,12 @@ class Suite:
         return Spread.of(figure(r) for r in self.rounds)
 
     def blocking_figure(self, design: str, concurrency: int, key: str) -> Spread:
-        return self.over_rounds(lambda r: _get(self.blocking(design, concurrency, r), key))
+        value = self.blocking_value(concurrency, key)
+        return self.over_rounds(lambda r: value(design, r))
 
     def streams_figure(self, design: str, kind: str, key: str) -> Spread:
-        return self.over_rounds(lambda r: _get(self.streams(design, kind, r), key))
+        value = self.streams_value(kind, key)
+        return self.over_rounds(lambda r: value(design, r))
 
     def added_latency(self, design: str, concurrency: int, key: str) -> Spread:
         """The design's latency minus the direct path's, in the same round."""

@@ -124,11 +124,13 @@ class Response:
 
     def _read_whole(self) -> bytes:
         limit = self.max_body_bytes
+        if limit is None:
+            return self.raw.data
         declared = self.headers.get("Content-Length", "")
-        if limit is None or declared.isdigit() and int(declared) <= limit:
-            return self.raw.data  # http.client reads no more than the length declared
         if declared.isdigit():
-            raise BodyTooLarge(limit)  # refused before a byte of it is read
+            if int(declared) > limit:
+                raise BodyTooLarge(limit)  # refused before a byte of it is read
+            return self.raw.data  # http.client reads no more than the length declared
         # Chunked, or up to the connection's close: read as it comes, and stop past the bound.
         pieces, size = [], 0
         for piece in self.iter_content():

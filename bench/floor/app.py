@@ -20,15 +20,15 @@ POOL = urllib3.PoolManager(maxsize=64, block=False, retries=False)
 JSON = {"Content-Type": "application/json"}
 
 
-def _relay(body: bytes) -> urllib3.BaseHTTPResponse:
-    return POOL.request("POST", UPSTREAM + "/v1/completions", body=body, headers=JSON)
+def _relay(body: bytes, *, preload_content: bool = True) -> urllib3.BaseHTTPResponse:
+    return POOL.request("POST", UPSTREAM + "/v1/completions", body=body, headers=JSON,
+                        preload_content=preload_content)
 
 
 def _relay_stream(body: bytes) -> Iterator[bytes]:
     """The upstream's stream, read as Sluice reads it (app/upstream/http.py): each piece all the socket
     held, de-chunked, so that what Sluice costs per event above this is its own work."""
-    raw = POOL.request("POST", UPSTREAM + "/v1/completions", body=body, headers=JSON, preload_content=False)
-    return UpstreamResponse(raw).iter_content()
+    return UpstreamResponse(_relay(body, preload_content=False)).iter_content()
 
 
 def _streamed(body: bytes) -> bool:
